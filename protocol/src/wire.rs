@@ -1,0 +1,650 @@
+//! Wire formats. See `docs/protocol.md` for the byte-level specification.
+//!
+//! Two streams carry confab traffic between a pair of members:
+//!
+//! * `/confab/room/1` — a sequence of [`RoomFrame`]s: Noise handshake messages, then Noise
+//!   transport messages whose plaintext is one [`Control`] message each.
+//! * `/confab/media/1` — a sequence of length-prefixed [`MediaFrame`]s, each encrypted end to
+//!   end with the sender's key (see [`crate::crypto`]).
+//!
+//! Every decoder here checks lengths against the limits below before it allocates, rejects
+//! trailing bytes, and never panics.
+
+use crate::error::{Error, Result};
+
+/// Version byte of every control message and media frame defined here.
+pub const VERSION: u8 = 1;
+/// Largest room-stream frame body (after the 2-byte length prefix).
+pub const MAX_ROOM_FRAME: usize = 16 * 1024;
+/// Largest media frame (header + ciphertext + tag), after the 2-byte length prefix.
+pub const MAX_MEDIA_FRAME: usize = 1500;
+/// Largest Opus payload accepted inside a media frame.
+pub const MAX_MEDIA_PAYLOAD: usize = MAX_MEDIA_FRAME - MEDIA_HEADER_LEN - 16 - 2;
+/// Largest display name, in bytes of UTF-8.
+pub const MAX_NAME: usize = 64;
+/// Largest multiaddr string.
+pub const MAX_ADDR_LEN: usize = 256;
+/// Most addresses announced for one peer.
+pub const MAX_ADDRS: usize = 8;
+/// Largest peer id (multihash bytes).
+pub const MAX_PEER_ID: usize = 64;
+/// Most members in a roster message (and in a room).
+pub const MAX_MEMBERS: usize = 64;
+/// Length of the cleartext media header.
+pub const MEDIA_HEADER_LEN: usize = 18;
+
+/// A cursor over untrusted bytes. All reads are bounds-checked.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(Error::Truncated {
+                needed: n - self.buf.len(),
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
+    }
+
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A byte string with a one-byte length prefix, at most `limit` bytes.
+    pub fn short_bytes(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8]> {
+        let len = usize::from(self.u8()?);
+        if len > limit {
+            return Err(Error::TooLong { what, len, limit });
+        }
+        self.bytes(len)
+    }
+
+    /// A UTF-8 string with a one-byte length prefix, at most `limit` bytes.
+    pub fn short_str(&mut self, what: &'static str, limit: usize) -> Result<String> {
+        let raw = self.short_bytes(what, limit)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| Error::Malformed(what))
+    }
+
+    /// A count prefix (one byte), at most `limit`.
+    pub fn count(&mut self, what: &'static str, limit: usize) -> Result<usize> {
+        let n = usize::from(self.u8()?);
+        if n > limit {
+            return Err(Error::TooLong {
+                what,
+                len: n,
+                limit,
+            });
+        }
+        Ok(n)
+    }
+
+    pub fn finish(self) -> Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::TrailingBytes(self.buf.len()))
+        }
+    }
+}
+
+/// Appends big-endian fields to a byte vector.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(v);
+        self
+    }
+    /// One-byte length prefix; the caller guarantees `v.len() <= 255` (encoders truncate
+    /// or validate before calling).
+    pub fn short_bytes(&mut self, v: &[u8]) -> &mut Self {
+        let len = v.len().min(255);
+        self.buf.push(len as u8);
+        self.buf.extend_from_slice(&v[..len]);
+        self
+    }
+}
+
+/// Truncates a UTF-8 string to at most `limit` bytes on a character boundary.
+pub fn truncate_utf8(s: &str, limit: usize) -> &str {
+    if s.len() <= limit {
+        return s;
+    }
+    let mut end = limit;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Puts the 2-byte big-endian length prefix used on both streams in front of `body`.
+pub fn length_prefixed(body: &[u8]) -> Result<Vec<u8>> {
+    let len = u16::try_from(body.len()).map_err(|_| Error::TooLong {
+        what: "frame",
+        len: body.len(),
+        limit: usize::from(u16::MAX),
+    })?;
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// One frame on the `/confab/room/1` stream (after the length prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomFrame {
+    /// A Noise handshake message.
+    Handshake(Vec<u8>),
+    /// A Noise transport message; its plaintext is an encoded [`Control`].
+    Transport(Vec<u8>),
+    /// Sent in clear by a side that refuses the other, right before closing the stream.
+    Reject(RejectReason),
+}
+
+/// Why a member refused a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The handshake did not authenticate: the peer holds a different room secret.
+    BadSecret,
+    /// The identity proof in the handshake payload was missing or did not verify.
+    BadIdentity,
+    /// The room is at its member limit.
+    RoomFull,
+    /// Anything else (malformed message, protocol violation).
+    Protocol,
+}
+
+impl RejectReason {
+    fn to_byte(self) -> u8 {
+        match self {
+            RejectReason::BadSecret => 1,
+            RejectReason::BadIdentity => 2,
+            RejectReason::RoomFull => 3,
+            RejectReason::Protocol => 4,
+        }
+    }
+    fn from_byte(b: u8) -> Result<Self> {
+        Ok(match b {
+            1 => RejectReason::BadSecret,
+            2 => RejectReason::BadIdentity,
+            3 => RejectReason::RoomFull,
+            4 => RejectReason::Protocol,
+            _ => return Err(Error::Malformed("reject reason")),
+        })
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RejectReason::BadSecret => "wrong room secret",
+            RejectReason::BadIdentity => "invalid identity proof",
+            RejectReason::RoomFull => "room is full",
+            RejectReason::Protocol => "protocol violation",
+        })
+    }
+}
+
+impl RoomFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            RoomFrame::Handshake(b) => w.u8(1).bytes(b),
+            RoomFrame::Transport(b) => w.u8(2).bytes(b),
+            RoomFrame::Reject(r) => w.u8(3).u8(r.to_byte()),
+        };
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self> {
+        if buf.len() > MAX_ROOM_FRAME {
+            return Err(Error::TooLong {
+                what: "room frame",
+                len: buf.len(),
+                limit: MAX_ROOM_FRAME,
+            });
+        }
+        let mut r = Reader::new(buf);
+        let kind = r.u8()?;
+        let rest = r.bytes(r.remaining())?;
+        match kind {
+            1 => Ok(RoomFrame::Handshake(rest.to_vec())),
+            2 => Ok(RoomFrame::Transport(rest.to_vec())),
+            3 => {
+                let mut r = Reader::new(rest);
+                let reason = RejectReason::from_byte(r.u8()?)?;
+                r.finish()?;
+                Ok(RoomFrame::Reject(reason))
+            }
+            t => Err(Error::UnknownType(t)),
+        }
+    }
+}
+
+/// A peer and the addresses it can be reached at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerInfo {
+    /// libp2p peer id bytes (multihash).
+    pub peer_id: Vec<u8>,
+    /// Multiaddrs as strings (the protocol crate does not parse them).
+    pub addrs: Vec<String>,
+}
+
+impl PeerInfo {
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.short_bytes(&self.peer_id);
+        let addrs: Vec<&String> = self
+            .addrs
+            .iter()
+            .filter(|a| a.len() <= MAX_ADDR_LEN)
+            .take(MAX_ADDRS)
+            .collect();
+        w.u8(addrs.len() as u8);
+        for a in addrs {
+            w.short_bytes(a.as_bytes());
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self> {
+        let peer_id = r.short_bytes("peer id", MAX_PEER_ID)?.to_vec();
+        if peer_id.is_empty() {
+            return Err(Error::Malformed("empty peer id"));
+        }
+        let n = r.count("address list", MAX_ADDRS)?;
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            addrs.push(r.short_str("address", MAX_ADDR_LEN)?);
+        }
+        Ok(Self { peer_id, addrs })
+    }
+}
+
+/// Control messages, carried inside the pairwise Noise session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// First message each side sends after the handshake.
+    Hello {
+        /// Display name (at most [`MAX_NAME`] bytes).
+        name: String,
+        /// Where the sender can be reached.
+        addrs: Vec<String>,
+        /// Whether the sender is recording the call.
+        recording: bool,
+    },
+    /// The members the sender is in session with, so that the receiver can complete the mesh.
+    Roster { members: Vec<PeerInfo> },
+    /// The sender's media key for `epoch`. `fresh` is false when the key was derived from the
+    /// previous epoch's key by the forward ratchet (sent to a joiner).
+    SenderKey {
+        epoch: u32,
+        key: [u8; 32],
+        fresh: bool,
+    },
+    /// The sender starts or stops recording.
+    Recording { on: bool },
+    /// The sender leaves the room.
+    Leave,
+    /// Keep-alive; carries nothing.
+    Heartbeat,
+}
+
+impl Control {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(VERSION);
+        match self {
+            Control::Hello {
+                name,
+                addrs,
+                recording,
+            } => {
+                w.u8(1)
+                    .short_bytes(truncate_utf8(name, MAX_NAME).as_bytes())
+                    .u8(u8::from(*recording));
+                let addrs: Vec<&String> = addrs
+                    .iter()
+                    .filter(|a| a.len() <= MAX_ADDR_LEN)
+                    .take(MAX_ADDRS)
+                    .collect();
+                w.u8(addrs.len() as u8);
+                for a in addrs {
+                    w.short_bytes(a.as_bytes());
+                }
+            }
+            Control::Roster { members } => {
+                w.u8(2);
+                let n = members.len().min(MAX_MEMBERS);
+                w.u8(n as u8);
+                for m in &members[..n] {
+                    m.write(&mut w);
+                }
+            }
+            Control::SenderKey { epoch, key, fresh } => {
+                w.u8(3).u32(*epoch).bytes(key).u8(u8::from(*fresh));
+            }
+            Control::Recording { on } => {
+                w.u8(4).u8(u8::from(*on));
+            }
+            Control::Leave => {
+                w.u8(5);
+            }
+            Control::Heartbeat => {
+                w.u8(6);
+            }
+        }
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(buf);
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let msg = match r.u8()? {
+            1 => {
+                let name = r.short_str("name", MAX_NAME)?;
+                let recording = read_bool(&mut r)?;
+                let n = r.count("address list", MAX_ADDRS)?;
+                let mut addrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    addrs.push(r.short_str("address", MAX_ADDR_LEN)?);
+                }
+                Control::Hello {
+                    name,
+                    addrs,
+                    recording,
+                }
+            }
+            2 => {
+                let n = r.count("roster", MAX_MEMBERS)?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(PeerInfo::read(&mut r)?);
+                }
+                Control::Roster { members }
+            }
+            3 => Control::SenderKey {
+                epoch: r.u32()?,
+                key: r.array()?,
+                fresh: read_bool(&mut r)?,
+            },
+            4 => Control::Recording {
+                on: read_bool(&mut r)?,
+            },
+            5 => Control::Leave,
+            6 => Control::Heartbeat,
+            t => return Err(Error::UnknownType(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+fn read_bool(r: &mut Reader<'_>) -> Result<bool> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Error::Malformed("boolean")),
+    }
+}
+
+/// Cleartext header of a media frame; authenticated as associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaHeader {
+    /// Bit 0: the plaintext is padded to a constant size (CBR mode).
+    pub flags: u8,
+    /// The sender's key epoch this frame is encrypted under.
+    pub epoch: u32,
+    /// Frame sequence number, +1 per frame, per sender.
+    pub seq: u32,
+    /// The sender's capture time of the first sample, in ms on the sender's clock.
+    pub capture_ts_ms: u64,
+}
+
+pub const FLAG_PADDED: u8 = 0x01;
+
+impl MediaHeader {
+    pub fn encode(&self) -> [u8; MEDIA_HEADER_LEN] {
+        let mut out = [0u8; MEDIA_HEADER_LEN];
+        out[0] = VERSION;
+        out[1] = self.flags;
+        out[2..6].copy_from_slice(&self.epoch.to_be_bytes());
+        out[6..10].copy_from_slice(&self.seq.to_be_bytes());
+        out[10..18].copy_from_slice(&self.capture_ts_ms.to_be_bytes());
+        out
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self> {
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let flags = r.u8()?;
+        if flags & !FLAG_PADDED != 0 {
+            return Err(Error::Malformed("media flags"));
+        }
+        Ok(Self {
+            flags,
+            epoch: r.u32()?,
+            seq: r.u32()?,
+            capture_ts_ms: r.u64()?,
+        })
+    }
+}
+
+/// An encrypted media frame as it travels: header plus ciphertext (which ends in the
+/// 16-byte Poly1305 tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFrame {
+    pub header: MediaHeader,
+    pub ciphertext: Vec<u8>,
+}
+
+impl MediaFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MEDIA_HEADER_LEN + self.ciphertext.len());
+        out.extend_from_slice(&self.header.encode());
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self> {
+        if buf.len() > MAX_MEDIA_FRAME {
+            return Err(Error::TooLong {
+                what: "media frame",
+                len: buf.len(),
+                limit: MAX_MEDIA_FRAME,
+            });
+        }
+        let mut r = Reader::new(buf);
+        let header = MediaHeader::decode(&mut r)?;
+        if r.remaining() < 16 {
+            return Err(Error::Truncated {
+                needed: 16 - r.remaining(),
+            });
+        }
+        let ciphertext = r.bytes(r.remaining())?.to_vec();
+        Ok(Self { header, ciphertext })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr() -> impl Strategy<Value = String> {
+        "[a-z0-9/.]{1,40}"
+    }
+
+    fn peer_info() -> impl Strategy<Value = PeerInfo> {
+        (
+            proptest::collection::vec(any::<u8>(), 1..=MAX_PEER_ID),
+            proptest::collection::vec(addr(), 0..=MAX_ADDRS),
+        )
+            .prop_map(|(peer_id, addrs)| PeerInfo { peer_id, addrs })
+    }
+
+    fn control() -> impl Strategy<Value = Control> {
+        prop_oneof![
+            (
+                "[a-zA-Zé ]{0,20}",
+                proptest::collection::vec(addr(), 0..=MAX_ADDRS),
+                any::<bool>()
+            )
+                .prop_map(|(name, addrs, recording)| Control::Hello {
+                    name,
+                    addrs,
+                    recording
+                }),
+            proptest::collection::vec(peer_info(), 0..6)
+                .prop_map(|members| Control::Roster { members }),
+            (any::<u32>(), any::<[u8; 32]>(), any::<bool>())
+                .prop_map(|(epoch, key, fresh)| Control::SenderKey { epoch, key, fresh }),
+            any::<bool>().prop_map(|on| Control::Recording { on }),
+            Just(Control::Leave),
+            Just(Control::Heartbeat),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn control_roundtrip(msg in control()) {
+            let bytes = msg.encode();
+            prop_assert_eq!(Control::decode(&bytes), Ok(msg));
+        }
+
+        #[test]
+        fn control_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Control::decode(&bytes);
+        }
+
+        #[test]
+        fn control_truncation_is_an_error(msg in control(), cut in 0usize..1000) {
+            let bytes = msg.encode();
+            let cut = cut % bytes.len();
+            prop_assert!(Control::decode(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn room_frame_roundtrip(kind in 0u8..3, body in proptest::collection::vec(any::<u8>(), 0..2000), reason in 0u8..4) {
+            let frame = match kind {
+                0 => RoomFrame::Handshake(body),
+                1 => RoomFrame::Transport(body),
+                _ => RoomFrame::Reject([RejectReason::BadSecret, RejectReason::BadIdentity, RejectReason::RoomFull, RejectReason::Protocol][usize::from(reason)]),
+            };
+            prop_assert_eq!(RoomFrame::decode(&frame.encode()), Ok(frame));
+        }
+
+        #[test]
+        fn room_frame_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = RoomFrame::decode(&bytes);
+        }
+
+        #[test]
+        fn media_roundtrip(flags in 0u8..2, epoch: u32, seq: u32, ts: u64, ct in proptest::collection::vec(any::<u8>(), 16..1400)) {
+            let frame = MediaFrame { header: MediaHeader { flags, epoch, seq, capture_ts_ms: ts }, ciphertext: ct };
+            prop_assert_eq!(MediaFrame::decode(&frame.encode()), Ok(frame));
+        }
+
+        #[test]
+        fn media_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let _ = MediaFrame::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_inputs_are_refused_before_allocation() {
+        assert!(matches!(
+            RoomFrame::decode(&vec![2u8; MAX_ROOM_FRAME + 1]),
+            Err(Error::TooLong { .. })
+        ));
+        assert!(matches!(
+            MediaFrame::decode(&vec![1u8; MAX_MEDIA_FRAME + 1]),
+            Err(Error::TooLong { .. })
+        ));
+        // A roster that claims more members than allowed.
+        let bytes = [VERSION, 2, 200];
+        assert!(matches!(
+            Control::decode(&bytes),
+            Err(Error::TooLong { what: "roster", .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let mut bytes = Control::Leave.encode();
+        bytes[0] = 9;
+        assert_eq!(Control::decode(&bytes), Err(Error::UnsupportedVersion(9)));
+    }
+
+    #[test]
+    fn long_names_are_truncated_on_a_char_boundary() {
+        let name = "é".repeat(100);
+        let msg = Control::Hello {
+            name,
+            addrs: vec![],
+            recording: false,
+        };
+        match Control::decode(&msg.encode()) {
+            Ok(Control::Hello { name, .. }) => {
+                assert!(name.len() <= MAX_NAME);
+                assert!(name.chars().all(|c| c == 'é'));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
