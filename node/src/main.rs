@@ -1,1 +1,16 @@
-fn main() {}
+use clap::Parser;
+
+fn main() {
+    let cli = confab_node::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
+        )
+        .init();
+    if let Err(f) = confab_node::cli::run(cli) {
+        eprintln!("error: {}", f.message);
+        std::process::exit(f.code);
+    }
+}

@@ -1,0 +1,439 @@
+//! The `confab` command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use confab_protocol::crypto::Identity;
+use confab_protocol::ticket::Ticket;
+use confab_protocol::wire::PeerInfo;
+use libp2p::Multiaddr;
+use rand::RngCore;
+use serde_json::json;
+
+use crate::call::{self, CallOptions, Input};
+use crate::store::{Store, StoredRoom};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "confab",
+    version,
+    about = "Peer-to-peer, end-to-end encrypted audio calls"
+)]
+pub struct Cli {
+    /// Where the account lives (default: the platform data directory).
+    #[arg(long, global = true, env = "CONFAB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the account: a new identity key in the local store.
+    Init {
+        /// Display name shown to the other members.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show this account's peer id and name.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rooms.
+    Room {
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
+    /// Join a room from its ticket and talk.
+    Call(CallArgs),
+    /// Start several nodes on this machine, hold a call, and report how it went.
+    Demo {
+        /// Number of participants (2 to 16).
+        #[arg(long, default_value_t = 3)]
+        participants: usize,
+        /// Seconds of audio each participant sends.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+        /// Keep the working directory (data dirs, WAVs, logs) and print where it is.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoomCommand {
+    /// Create a room and print its ticket.
+    Create {
+        /// Address to listen on for this room's calls (repeatable; default: a free TCP port on 127.0.0.1).
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// Address to put in the ticket instead of the listen addresses (repeatable).
+        #[arg(long)]
+        announce: Vec<Multiaddr>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the rooms this account created.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    /// The room ticket (`confab1…`).
+    pub ticket: String,
+    /// Send this WAV file (looped).
+    #[arg(long, conflicts_with_all = ["tone", "signal"])]
+    pub input: Option<PathBuf>,
+    /// Send a pure tone of this frequency in Hz.
+    #[arg(long, conflicts_with = "signal")]
+    pub tone: Option<f64>,
+    /// Send the speech-like test signal number N.
+    #[arg(long, hide = true)]
+    pub signal: Option<usize>,
+    /// Record what you hear into this WAV file (the room is told that you record).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Record each sender into its own WAV file in this directory (the room is told).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Seconds to talk; without it, until Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Address to listen on (repeatable).
+    #[arg(long)]
+    pub listen: Vec<Multiaddr>,
+    /// Constant bitrate: every frame the same size, sent even in silence.
+    #[arg(long)]
+    pub cbr: bool,
+    /// Print the call report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An error with the exit code it deserves: 2 for bad input, 1 for everything else.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    fn input(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn other(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure::other(e)
+    }
+}
+
+/// The data directory: `--data-dir`, else `CONFAB_DATA_DIR`, else the platform's.
+pub fn data_dir(arg: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(d) = arg {
+        return Ok(d);
+    }
+    directories::ProjectDirs::from("org", "confab", "confab")
+        .map(|p| p.data_dir().to_path_buf())
+        .ok_or_else(|| Failure::other("cannot find a home directory; pass --data-dir"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn peer_id_of(secret: &[u8; 32]) -> Result<libp2p::PeerId, Failure> {
+    Ok(crate::net::keypair(secret)
+        .map_err(Failure::other)?
+        .public()
+        .to_peer_id())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> Result<u16, Failure> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Failure::other(format!("cannot find a free port: {e}")))
+}
+
+/// Runs one command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Demo {
+        participants,
+        seconds,
+        json,
+        keep,
+    } = cli.command
+    {
+        return crate::demo::run(participants, seconds, json, keep);
+    }
+    let dir = data_dir(cli.data_dir)?;
+    match cli.command {
+        Command::Init { name } => init(&dir, name),
+        Command::Whoami { json } => whoami(&dir, json),
+        Command::Room { command } => match command {
+            RoomCommand::Create {
+                listen,
+                announce,
+                json,
+            } => room_create(&dir, listen, announce, json),
+            RoomCommand::List { json } => room_list(&dir, json),
+        },
+        Command::Call(args) => call_cmd(&dir, args),
+        Command::Demo { .. } => Ok(()),
+    }
+}
+
+fn init(dir: &Path, name: Option<String>) -> Result<(), Failure> {
+    let store = Store::open(dir)?;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let created = store.set_identity_if_absent(&secret)?;
+    if let Some(name) = &name {
+        if name.len() > confab_protocol::wire::MAX_NAME {
+            return Err(Failure::input(format!(
+                "the name is {} bytes; the limit is {}",
+                name.len(),
+                confab_protocol::wire::MAX_NAME
+            )));
+        }
+        store.set_name(name)?;
+    }
+    let secret = store.require_identity()?;
+    let pid = peer_id_of(&secret)?;
+    if created {
+        println!("created account {pid} in {}", dir.display());
+    } else {
+        println!("account {pid} already exists in {}; kept it", dir.display());
+    }
+    Ok(())
+}
+
+fn whoami(dir: &Path, json: bool) -> Result<(), Failure> {
+    let store = Store::open(dir)?;
+    let secret = store.require_identity()?;
+    let pid = peer_id_of(&secret)?;
+    let name = store.name()?.unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            json!({"peer_id": pid.to_string(), "name": name, "data_dir": dir.display().to_string()})
+        );
+    } else {
+        println!(
+            "peer id:  {pid}\nname:     {name}\ndata dir: {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn room_create(
+    dir: &Path,
+    listen: Vec<Multiaddr>,
+    announce: Vec<Multiaddr>,
+    json: bool,
+) -> Result<(), Failure> {
+    let store = Store::open(dir)?;
+    let secret = store.require_identity()?;
+    let identity = Identity::from_secret_bytes(&secret);
+    let listen = if listen.is_empty() {
+        let port = free_port()?;
+        vec![format!("/ip4/127.0.0.1/tcp/{port}")
+            .parse()
+            .map_err(Failure::other)?]
+    } else {
+        listen
+    };
+    let announce = if announce.is_empty() {
+        listen.clone()
+    } else {
+        announce
+    };
+    let mut room_id = [0u8; 16];
+    let mut room_secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut room_id);
+    rand::rngs::OsRng.fill_bytes(&mut room_secret);
+    let ticket = Ticket {
+        room_id,
+        room_secret,
+        bootstrap: vec![PeerInfo {
+            peer_id: identity.peer_id(),
+            addrs: announce.iter().map(|a| a.to_string()).collect(),
+        }],
+    };
+    let text = ticket.to_string();
+    store.put_room(&StoredRoom {
+        room_id: hex(&room_id),
+        secret: hex(&room_secret),
+        listen: listen.iter().map(|a| a.to_string()).collect(),
+        ticket: text.clone(),
+        created_ms: call::now_ms(),
+    })?;
+    if json {
+        println!(
+            "{}",
+            json!({"room_id": hex(&room_id), "ticket": text, "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()})
+        );
+    } else {
+        println!("{text}");
+        eprintln!(
+            "room {} created; start it with `confab call <ticket>` (it will listen on {})",
+            hex(&room_id),
+            listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn room_list(dir: &Path, json: bool) -> Result<(), Failure> {
+    let store = Store::open(dir)?;
+    let rooms = store.rooms()?;
+    if json {
+        let list: Vec<_> = rooms
+            .iter()
+            .map(|r| json!({"room_id": r.room_id, "ticket": r.ticket, "listen": r.listen, "created_ms": r.created_ms}))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for r in rooms {
+            println!("{}  {}", r.room_id, r.ticket);
+        }
+    }
+    Ok(())
+}
+
+fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
+    let ticket = Ticket::parse(&args.ticket).map_err(|e| Failure::input(format!("{e}")))?;
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0 && d <= 24.0 * 3600.0) {
+            return Err(Failure::input(
+                "--duration must be between 0 and 86400 seconds",
+            ));
+        }
+    }
+    if let Some(hz) = args.tone {
+        if !(hz.is_finite() && hz > 0.0 && hz < 24_000.0) {
+            return Err(Failure::input("--tone must be between 0 and 24000 Hz"));
+        }
+    }
+    let input = match (&args.input, args.tone, args.signal) {
+        (Some(p), _, _) => {
+            if !p.exists() {
+                return Err(Failure::input(format!(
+                    "input file {} does not exist",
+                    p.display()
+                )));
+            }
+            Input::Wav(p.clone())
+        }
+        (None, Some(hz), _) => Input::Tone(hz),
+        (None, None, Some(i)) => Input::Signal(i),
+        (None, None, None) => Input::Tone(440.0),
+    };
+    let store = Store::open(dir)?;
+    let identity = store.require_identity()?;
+    let name = store.name()?.unwrap_or_default();
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else if let Some(room) = store.room(&ticket.room_id_hex())? {
+        room.listen.iter().filter_map(|a| a.parse().ok()).collect()
+    } else {
+        let settings = store.settings()?;
+        if settings.listen.is_empty() {
+            vec![
+                "/ip4/0.0.0.0/tcp/0".parse().map_err(Failure::other)?,
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .map_err(Failure::other)?,
+            ]
+        } else {
+            settings
+                .listen
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect()
+        }
+    };
+    // The store stays open (and locked) for the whole call.
+    let opts = CallOptions {
+        ticket,
+        identity,
+        name,
+        listen,
+        input,
+        output: args.output,
+        output_dir: args.output_dir,
+        duration: args.duration.map(Duration::from_secs_f64),
+        cbr: args.cbr,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Failure::other)?;
+    let report = runtime
+        .block_on(call::run_call(opts))
+        .map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        })?;
+    drop(store);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(Failure::other)?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &call::CallReport) {
+    println!("call in room {} as {} ({})", r.room, r.name, r.peer_id);
+    println!("sent {} frames", r.frames_captured);
+    println!(
+        "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5}",
+        "from", "path", "received", "lost", "concealed", "m2e p50", "m2e p95", "MOS"
+    );
+    for s in &r.received {
+        let name = if s.name.is_empty() { &s.from } else { &s.name };
+        println!(
+            "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5.2}{}",
+            crate::demo::short(name, 20),
+            s.path,
+            s.frames_received,
+            s.frames_lost,
+            s.frames_concealed,
+            s.mouth_to_ear_p50_ms
+                .map_or("-".into(), |v| format!("{v:.0} ms")),
+            s.mouth_to_ear_p95_ms
+                .map_or("-".into(), |v| format!("{v:.0} ms")),
+            s.mos,
+            if s.recording { "  (was recording)" } else { "" }
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The libp2p side of a node: transports, behaviours and the two confab stream protocols.
+
+use std::time::Duration;
+
+use libp2p::{
+    dcutr, identify, identity::Keypair, noise, ping, relay, swarm::NetworkBehaviour, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
+};
+
+/// One bidirectional stream per pair of members: Noise handshake, then control messages.
+pub const ROOM_PROTOCOL: StreamProtocol = StreamProtocol::new("/confab/room/1");
+/// One unidirectional stream per (sender → receiver): length-prefixed encrypted media frames.
+pub const MEDIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/confab/media/1");
+/// Identify protocol version string.
+pub const AGENT_PROTOCOL: &str = "/confab/1";
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub stream: libp2p_stream::Behaviour,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+}
+
+/// Builds a swarm for `key`: TCP (Noise + Yamux), QUIC, relay client, DCUtR, identify, ping
+/// and raw streams.
+pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+    let err = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| err(&e))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| err(&e))?
+        .with_behaviour(|key, relay_client| Behaviour {
+            relay_client,
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            identify: identify::Behaviour::new(
+                identify::Config::new(AGENT_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("confab/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(5)),
+            ),
+            stream: libp2p_stream::Behaviour::new(),
+        })
+        .map_err(|e| err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    Ok(swarm)
+}
+
+/// The libp2p keypair of an account's Ed25519 secret.
+pub fn keypair(secret: &[u8; 32]) -> Result<Keypair, NetError> {
+    let mut bytes = *secret;
+    Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| NetError::Build(e.to_string()))
+}
+
+/// Whether an address goes through a relay circuit.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+}
+
+/// The libp2p `PeerId` for peer id bytes from the protocol crate.
+pub fn peer_id(bytes: &[u8]) -> Option<PeerId> {
+    PeerId::from_bytes(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_peer_ids_match_libp2p() {
+        let secret = [42u8; 32];
+        let key = keypair(&secret).expect("key");
+        let ours = confab_protocol::crypto::Identity::from_secret_bytes(&secret).peer_id();
+        assert_eq!(key.public().to_peer_id().to_bytes(), ours);
+    }
+}

@@ -1,0 +1,316 @@
+//! The account store: one sled database per account, in the data directory.
+//!
+//! Trees: `meta` (schema version), `identity` (the Ed25519 secret key), `profile` (display
+//! name), `rooms` (rooms this account created or joined: id, secret, listen addresses),
+//! `settings` (listen addresses, relays). Every write that matters is flushed before the call
+//! returns, so a node killed with SIGKILL loses nothing it reported as done.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the store layout; bumped with a migration whenever it changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: &str = "meta";
+const IDENTITY: &str = "identity";
+const PROFILE: &str = "profile";
+const ROOMS: &str = "rooms";
+const SETTINGS: &str = "settings";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the account store at {0} is in use by another confab process")]
+    Locked(PathBuf),
+    #[error("the account store at {path} is corrupt or unreadable: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("the account store at {path} was written by a newer confab (schema {found}, this build knows {known}); it was left untouched")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("no account in {0}: run `confab init` first")]
+    NoAccount(PathBuf),
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is malformed: {0}")]
+    Record(String),
+}
+
+/// A room this account knows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// Room id, hex.
+    pub room_id: String,
+    /// Room secret, hex.
+    pub secret: String,
+    /// Addresses this node listens on for this room (rooms it created).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// The full ticket.
+    pub ticket: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// Account settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Settings {
+    /// Default listen addresses for calls.
+    pub listen: Vec<String>,
+    /// Relays to use when not publicly reachable.
+    pub relays: Vec<String>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(dir.to_path_buf())
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(dir.to_path_buf())
+                }
+                sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+                    StoreError::Corrupt {
+                        path: dir.to_path_buf(),
+                        detail: e.to_string(),
+                    }
+                }
+                other => StoreError::Corrupt {
+                    path: dir.to_path_buf(),
+                    detail: other.to_string(),
+                },
+            })?;
+        let store = Self {
+            db,
+            dir: dir.to_path_buf(),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree(META)?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(v) => {
+                let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    path: self.dir.clone(),
+                    detail: "schema version record is malformed".into(),
+                })?;
+                let found = u32::from_be_bytes(bytes);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: self.dir.clone(),
+                        found,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The identity secret key, if the account was initialised.
+    pub fn identity_secret(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        match self.db.open_tree(IDENTITY)?.get("ed25519")? {
+            None => Ok(None),
+            Some(v) => {
+                let key: [u8; 32] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    path: self.dir.clone(),
+                    detail: "identity key has the wrong length".into(),
+                })?;
+                Ok(Some(key))
+            }
+        }
+    }
+
+    /// The identity secret key, or a clear error telling the user to run `confab init`.
+    pub fn require_identity(&self) -> Result<[u8; 32], StoreError> {
+        self.identity_secret()?
+            .ok_or_else(|| StoreError::NoAccount(self.dir.clone()))
+    }
+
+    /// Stores the identity key (only if none exists). Returns whether it was stored.
+    pub fn set_identity_if_absent(&self, secret: &[u8; 32]) -> Result<bool, StoreError> {
+        let tree = self.db.open_tree(IDENTITY)?;
+        let stored = tree
+            .compare_and_swap("ed25519", None as Option<&[u8]>, Some(&secret[..]))?
+            .is_ok();
+        self.db.flush()?;
+        Ok(stored)
+    }
+
+    pub fn name(&self) -> Result<Option<String>, StoreError> {
+        self.db
+            .open_tree(PROFILE)?
+            .get("name")?
+            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Record("name".into())))
+            .transpose()
+    }
+
+    pub fn set_name(&self, name: &str) -> Result<(), StoreError> {
+        self.db
+            .open_tree(PROFILE)?
+            .insert("name", name.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn put_room(&self, room: &StoredRoom) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(room).map_err(|e| StoreError::Record(e.to_string()))?;
+        self.db
+            .open_tree(ROOMS)?
+            .insert(room.room_id.as_bytes(), json)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn room(&self, room_id_hex: &str) -> Result<Option<StoredRoom>, StoreError> {
+        self.db
+            .open_tree(ROOMS)?
+            .get(room_id_hex.as_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string())))
+            .transpose()
+    }
+
+    pub fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
+        self.db
+            .open_tree(ROOMS)?
+            .iter()
+            .values()
+            .map(|v| {
+                let v = v?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn settings(&self) -> Result<Settings, StoreError> {
+        match self.db.open_tree(SETTINGS)?.get("settings")? {
+            None => Ok(Settings::default()),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string())),
+        }
+    }
+
+    pub fn set_settings(&self, s: &Settings) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(s).map_err(|e| StoreError::Record(e.to_string()))?;
+        self.db.open_tree(SETTINGS)?.insert("settings", json)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The underlying database, for modules that keep their own trees.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_set_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            assert!(s.identity_secret().expect("read").is_none());
+            assert!(s.set_identity_if_absent(&[7; 32]).expect("set"));
+            assert!(!s.set_identity_if_absent(&[8; 32]).expect("set again"));
+            s.set_name("ada").expect("name");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.identity_secret().expect("read"), Some([7; 32]));
+        assert_eq!(s.name().expect("name").as_deref(), Some("ada"));
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_is_alive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Store::open(dir.path()).expect("open");
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("second open succeeded"),
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.db.open_tree(META)
+                .expect("meta")
+                .insert("schema_version", &99u32.to_be_bytes())
+                .expect("insert");
+            s.db.flush().expect("flush");
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+        // Still 99: nothing was overwritten.
+        let db = sled::open(dir.path().join("db")).expect("raw open");
+        let v = db
+            .open_tree(META)
+            .expect("meta")
+            .get("schema_version")
+            .expect("get")
+            .expect("present");
+        assert_eq!(v.as_ref(), &99u32.to_be_bytes());
+    }
+
+    #[test]
+    fn rooms_and_settings_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let room = StoredRoom {
+            room_id: "ab".into(),
+            secret: "cd".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            ticket: "confab1x".into(),
+            created_ms: 5,
+        };
+        s.put_room(&room).expect("put");
+        assert_eq!(s.room("ab").expect("get"), Some(room.clone()));
+        assert_eq!(s.rooms().expect("list"), vec![room]);
+        let settings = Settings {
+            listen: vec!["/ip4/0.0.0.0/tcp/4701".into()],
+            relays: vec![],
+        };
+        s.set_settings(&settings).expect("set");
+        assert_eq!(s.settings().expect("get"), settings);
+    }
+}
