@@ -14,7 +14,11 @@ use confab_sim::scenario::Scenario;
 use confab_sim::sweep::{sweep, Param};
 
 #[derive(Parser)]
-#[command(name = "confab-sim", version, about = "Deterministic network simulations of confab")]
+#[command(
+    name = "confab-sim",
+    version,
+    about = "Deterministic network simulations of confab"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,10 +65,8 @@ enum Cmd {
 }
 
 fn bar(total_s: f64) -> ProgressBar {
-    let pb = ProgressBar::with_draw_target(
-        Some((total_s * 10.0) as u64),
-        ProgressDrawTarget::stderr(),
-    );
+    let pb =
+        ProgressBar::with_draw_target(Some((total_s * 10.0) as u64), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
         "{spinner} simulated {msg} [{bar:40}] {percent}% elapsed {elapsed_precise} eta {eta}",
     ) {
@@ -85,7 +87,11 @@ fn main() -> Result<()> {
             let pb = bar(sc.duration_s);
             let o = confab_sim::sim::run(&sc, seed, &mut |done, total| {
                 pb.set_position(done / 100_000);
-                pb.set_message(format!("{:.0}/{:.0} s", done as f64 / 1e6, total as f64 / 1e6));
+                pb.set_message(format!(
+                    "{:.0}/{:.0} s",
+                    done as f64 / 1e6,
+                    total as f64 / 1e6
+                ));
             });
             pb.finish_and_clear();
             write_all(&o, &out).with_context(|| format!("writing {}", out.display()))?;
@@ -129,7 +135,11 @@ fn main() -> Result<()> {
                 &metric,
                 &out,
             )?;
-            println!("{} runs; wrote {}", rows.len(), out.join("sweep.csv").display());
+            println!(
+                "{} runs; wrote {}",
+                rows.len(),
+                out.join("sweep.csv").display()
+            );
         }
         Cmd::Bench {
             scenario,

@@ -1,0 +1,462 @@
+//! NAT behaviours after RFC 4787 and a packet-level model of DCUtR hole punching.
+//!
+//! A NAT is described by its *mapping* behaviour (which external port an outgoing packet gets)
+//! and its *filtering* behaviour (which incoming packets reach the host), each one of
+//! endpoint-independent, address-dependent or address-and-port-dependent (RFC 4787 §4.1,
+//! §5). Besides those nine NATs a host can be public (no NAT, no firewall) or UDP-blocked
+//! (only outgoing TCP works).
+//!
+//! Whether two NATed hosts can punch a hole is not looked up in a hand-written table: it is
+//! computed by [`punch_succeeds`], which plays the packets of a DCUtR exchange through two
+//! simulated NAT boxes — each host first talks to a relay (which is how it learns its
+//! observed address, as libp2p's identify does), then both send to each other's observed
+//! address at the same moment (DCUtR's synchronised connect), and each host answers any
+//! packet that got through, to the address it came from (as a QUIC listener does). The
+//! punch succeeds when both hosts have received a packet from the other. Nobody predicts
+//! ports: libp2p's DCUtR uses observed addresses only, so an address-and-port-dependent
+//! mapping (a "symmetric" NAT, e.g. Linux masquerade with `random-fully`) hands the peer a
+//! port it has never heard of.
+
+use std::collections::BTreeSet;
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// RFC 4787 §4.1 mapping behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Mapping {
+    /// Endpoint-independent: one external port per internal socket, whatever the destination.
+    Eim,
+    /// Address-dependent: a new external port per destination IP address.
+    Adm,
+    /// Address-and-port-dependent: a new external port per destination IP and port.
+    Apdm,
+}
+
+/// RFC 4787 §5 filtering behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Filtering {
+    /// Endpoint-independent: anything sent to a mapped port gets in.
+    Eif,
+    /// Address-dependent: only from IP addresses the mapping has sent to.
+    Adf,
+    /// Address-and-port-dependent: only from the exact IP and port the mapping has sent to.
+    Apdf,
+}
+
+/// How a host sits on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NatKind {
+    /// A public address, no filtering.
+    Public,
+    /// UDP is blocked; outgoing TCP works (so it can dial public hosts and use relays).
+    UdpBlocked,
+    /// Behind a NAT with these behaviours.
+    Nat(Mapping, Filtering),
+}
+
+/// How two peers end up connected — the same vocabulary the node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// A direct connection, because at least one side is reachable.
+    Direct,
+    /// A direct connection obtained by hole punching (DCUtR).
+    Punched,
+    /// The connection stays on a relay circuit.
+    Relayed,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+            Path::Relayed => "relayed",
+        })
+    }
+}
+
+impl Mapping {
+    fn name(self) -> &'static str {
+        match self {
+            Mapping::Eim => "eim",
+            Mapping::Adm => "adm",
+            Mapping::Apdm => "apdm",
+        }
+    }
+}
+
+impl Filtering {
+    fn name(self) -> &'static str {
+        match self {
+            Filtering::Eif => "eif",
+            Filtering::Adf => "adf",
+            Filtering::Apdf => "apdf",
+        }
+    }
+}
+
+impl NatKind {
+    /// Every kind the simulator knows, in a fixed order.
+    pub fn all() -> Vec<NatKind> {
+        let mut v = vec![NatKind::Public, NatKind::UdpBlocked];
+        for m in [Mapping::Eim, Mapping::Adm, Mapping::Apdm] {
+            for f in [Filtering::Eif, Filtering::Adf, Filtering::Apdf] {
+                v.push(NatKind::Nat(m, f));
+            }
+        }
+        v
+    }
+
+    /// Parses `public`, `udp-blocked` or `<mapping>-<filtering>` (e.g. `eim-apdf`), and the
+    /// testbed's names `port-preserving` and `random-port`.
+    pub fn parse(s: &str) -> Option<NatKind> {
+        match s {
+            "public" => return Some(NatKind::Public),
+            "udp-blocked" => return Some(NatKind::UdpBlocked),
+            _ => {}
+        }
+        if let Some(t) = TestbedNat::parse(s) {
+            return Some(t.kind());
+        }
+        let (m, f) = s.split_once('-')?;
+        let m = match m {
+            "eim" => Mapping::Eim,
+            "adm" => Mapping::Adm,
+            "apdm" => Mapping::Apdm,
+            _ => return None,
+        };
+        let f = match f {
+            "eif" => Filtering::Eif,
+            "adf" => Filtering::Adf,
+            "apdf" => Filtering::Apdf,
+            _ => return None,
+        };
+        Some(NatKind::Nat(m, f))
+    }
+
+    /// Reachable without help: a public host, or a full-cone NAT (EIM + EIF), whose observed
+    /// address accepts anyone — AutoNAT confirms it, so peers dial it directly.
+    pub fn reachable(self) -> bool {
+        matches!(
+            self,
+            NatKind::Public | NatKind::Nat(Mapping::Eim, Filtering::Eif)
+        )
+    }
+}
+
+impl fmt::Display for NatKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatKind::Public => f.write_str("public"),
+            NatKind::UdpBlocked => f.write_str("udp-blocked"),
+            NatKind::Nat(m, fl) => write!(f, "{}-{}", m.name(), fl.name()),
+        }
+    }
+}
+
+/// The three kinds the real-NAT testbed builds with nftables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TestbedNat {
+    /// No NAT.
+    Public,
+    /// `masquerade`: Linux keeps the source port when it is free (so the mapping is endpoint
+    /// independent) and conntrack only lets in replies to the exact 5-tuple (address-and-port
+    /// dependent filtering).
+    PortPreserving,
+    /// `masquerade random-fully`: a fresh random port per 5-tuple (address-and-port dependent
+    /// mapping, "symmetric"), conntrack filtering.
+    RandomPort,
+}
+
+impl TestbedNat {
+    pub fn parse(s: &str) -> Option<TestbedNat> {
+        match s {
+            "public" => Some(TestbedNat::Public),
+            "port-preserving" => Some(TestbedNat::PortPreserving),
+            "random-port" => Some(TestbedNat::RandomPort),
+            _ => None,
+        }
+    }
+
+    /// The RFC 4787 behaviour this testbed NAT has.
+    pub fn kind(self) -> NatKind {
+        match self {
+            TestbedNat::Public => NatKind::Public,
+            TestbedNat::PortPreserving => NatKind::Nat(Mapping::Eim, Filtering::Apdf),
+            TestbedNat::RandomPort => NatKind::Nat(Mapping::Apdm, Filtering::Apdf),
+        }
+    }
+}
+
+/// The path two hosts end up on when nothing else (relay capacity, unlucky timing) gets in
+/// the way: direct if either is reachable, punched if the packet model says a synchronised
+/// punch gets through both NATs, relayed otherwise. `a` is the dialer (the peer that opened
+/// the relayed connection, the QUIC client of the punch), `b` the listener; the outcome can
+/// depend on the roles (see [`punch_succeeds`]).
+pub fn predict_path(a: NatKind, b: NatKind) -> Path {
+    if a.reachable() || b.reachable() {
+        Path::Direct
+    } else if punch_succeeds(a, b) {
+        Path::Punched
+    } else {
+        Path::Relayed
+    }
+}
+
+/// [`predict_path`] for the testbed's kinds, for comparison with the real-NAT testbed.
+pub fn predict_testbed_path(a: TestbedNat, b: TestbedNat) -> Path {
+    predict_path(a.kind(), b.kind())
+}
+
+type Endpoint = (u32, u16);
+/// What a mapping is keyed by: nothing (EIM), the destination IP (ADM), or IP and port (APDM).
+type MapKey = (Option<u32>, Option<u16>);
+
+const HOST_PORT: u16 = 4001;
+const RELAY: Endpoint = (1, 443);
+
+/// One NAT box in front of one host with one UDP socket (libp2p reuses its listen port).
+struct NatBox {
+    kind: NatKind,
+    ip: u32,
+    /// (destination key, external port)
+    mappings: Vec<(MapKey, u16)>,
+    /// (external port, destination) pairs sent to.
+    sent: BTreeSet<(u16, Endpoint)>,
+    next_port: u16,
+}
+
+impl NatBox {
+    fn new(kind: NatKind, ip: u32) -> Self {
+        Self {
+            kind,
+            ip,
+            mappings: Vec::new(),
+            sent: BTreeSet::new(),
+            next_port: 20_000,
+        }
+    }
+
+    /// Sends from the host's socket to `dst`; returns the packet's source as seen outside,
+    /// or `None` if the packet cannot leave (UDP blocked).
+    fn send(&mut self, dst: Endpoint) -> Option<Endpoint> {
+        let port = match self.kind {
+            NatKind::Public => HOST_PORT,
+            NatKind::UdpBlocked => return None,
+            NatKind::Nat(m, _) => {
+                let key = match m {
+                    Mapping::Eim => (None, None),
+                    Mapping::Adm => (Some(dst.0), None),
+                    Mapping::Apdm => (Some(dst.0), Some(dst.1)),
+                };
+                match self.mappings.iter().find(|(k, _)| *k == key) {
+                    Some((_, p)) => *p,
+                    None => {
+                        // The first mapping keeps the host's port (port preservation); later
+                        // ones get fresh ports nobody can know in advance.
+                        let p = if self.mappings.is_empty() {
+                            HOST_PORT
+                        } else {
+                            self.next_port += 7;
+                            self.next_port
+                        };
+                        self.mappings.push((key, p));
+                        p
+                    }
+                }
+            }
+        };
+        self.sent.insert((port, dst));
+        Some((self.ip, port))
+    }
+
+    /// Whether a packet from `src` to our external `port` reaches the host.
+    fn accepts(&self, port: u16, src: Endpoint) -> bool {
+        match self.kind {
+            NatKind::Public => port == HOST_PORT,
+            NatKind::UdpBlocked => false,
+            NatKind::Nat(_, f) => {
+                if !self.mappings.iter().any(|(_, p)| *p == port) {
+                    return false;
+                }
+                match f {
+                    Filtering::Eif => true,
+                    Filtering::Adf => self.sent.iter().any(|(p, d)| *p == port && d.0 == src.0),
+                    Filtering::Apdf => self.sent.contains(&(port, src)),
+                }
+            }
+        }
+    }
+}
+
+/// Whether DCUtR gets a direct connection between `dialer` (the peer that opened the relayed
+/// connection; the QUIC client of the punch) and `listener` (the peer reached through its
+/// relay reservation). libp2p tries QUIC and TCP addresses at once: either may win.
+pub fn punch_succeeds(dialer: NatKind, listener: NatKind) -> bool {
+    quic_punch(dialer, listener) || tcp_punch(dialer, listener)
+}
+
+/// Both hosts talk to the relay first; that gives each its observed address.
+fn observed(a: NatKind, b: NatKind) -> Option<([NatBox; 2], Endpoint, Endpoint)> {
+    let mut nats = [NatBox::new(a, 10), NatBox::new(b, 20)];
+    let obs_a = nats[0].send(RELAY)?;
+    let obs_b = nats[1].send(RELAY)?;
+    Some((nats, obs_a, obs_b))
+}
+
+/// QUIC punch: after the synchronisation the listener sprays packets at the dialer's observed
+/// address (opening its own NAT) while the dialer sends its Initial to the listener's observed
+/// address; the listener answers from its socket to where the Initial came from, and the
+/// dialer accepts the answer only if it comes from the address it dialed (RFC 9000 §9: a
+/// client discards packets from an unknown server address). Three rounds of retransmission.
+fn quic_punch(dialer: NatKind, listener: NatKind) -> bool {
+    let Some((mut nats, obs_d, obs_l)) = observed(dialer, listener) else {
+        return false;
+    };
+    for _ in 0..3 {
+        let _ = nats[1].send(obs_d);
+        let Some(s) = nats[0].send(obs_l) else {
+            return false;
+        };
+        if nats[1].accepts(obs_l.1, s) {
+            let Some(reply) = nats[1].send(s) else {
+                return false;
+            };
+            if reply == obs_l && nats[0].accepts(s.1, reply) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// TCP simultaneous open: both send a SYN to the other's observed address at once; each SYN
+/// must get through the other's NAT and come from exactly the address the other sent its
+/// own SYN to (a TCP connection is one 4-tuple).
+fn tcp_punch(a: NatKind, b: NatKind) -> bool {
+    let Some((mut nats, obs_a, obs_b)) = observed(a, b) else {
+        return false;
+    };
+    for _ in 0..3 {
+        let (Some(sa), Some(sb)) = (nats[0].send(obs_b), nats[1].send(obs_a)) else {
+            return false;
+        };
+        if sa == obs_a
+            && sb == obs_b
+            && nats[1].accepts(obs_b.1, sa)
+            && nats[0].accepts(obs_a.1, sb)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> NatKind {
+        NatKind::parse(s).expect("kind")
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in NatKind::all() {
+            assert_eq!(NatKind::parse(&kind.to_string()), Some(kind));
+        }
+        assert_eq!(NatKind::parse("eim-xyz"), None);
+    }
+
+    #[test]
+    fn tcp_punching_is_symmetric() {
+        for a in NatKind::all() {
+            for b in NatKind::all() {
+                assert_eq!(tcp_punch(a, b), tcp_punch(b, a), "{a} vs {b}");
+            }
+        }
+    }
+
+    /// The full truth table of [`punch_succeeds`] for NATed pairs: rows are the dialer,
+    /// columns the listener, both in [`NatKind::all`] order without public and udp-blocked;
+    /// `P` = punched, `.` = fails. A punch needs an endpoint-independent listener, and a
+    /// port-restricted (APDF) listener additionally needs an endpoint-independent dialer.
+    /// Reasons in docs/simulations.md.
+    #[test]
+    fn truth_table_for_every_nat_pair() {
+        let expected = [
+            // listener: eim-eif eim-adf eim-apdf adm-eif adm-adf adm-apdf apdm-eif apdm-adf apdm-apdf
+            "PPP......", // dialer eim-eif
+            "PPP......", // dialer eim-adf
+            "PPP......", // dialer eim-apdf
+            "PP.......", // dialer adm-eif
+            "PP.......", // dialer adm-adf
+            "PP.......", // dialer adm-apdf
+            "PP.......", // dialer apdm-eif
+            "PP.......", // dialer apdm-adf
+            "PP.......", // dialer apdm-apdf
+        ];
+        let nats: Vec<NatKind> = NatKind::all().into_iter().skip(2).collect();
+        let mut got = Vec::new();
+        for a in &nats {
+            let row: String = nats
+                .iter()
+                .map(|b| if punch_succeeds(*a, *b) { 'P' } else { '.' })
+                .collect();
+            got.push(row);
+        }
+        assert_eq!(got, expected, "{got:#?}");
+    }
+
+    #[test]
+    fn well_known_pairs() {
+        // Both endpoint-independent: works with any filtering when both send at once.
+        for f in ["eif", "adf", "apdf"] {
+            for g in ["eif", "adf", "apdf"] {
+                assert!(punch_succeeds(
+                    k(&format!("eim-{f}")),
+                    k(&format!("eim-{g}"))
+                ));
+            }
+        }
+        // Symmetric against port-restricted filtering fails.
+        assert!(!punch_succeeds(k("apdm-apdf"), k("eim-apdf")));
+        assert!(!punch_succeeds(k("apdm-apdf"), k("apdm-apdf")));
+        // Symmetric against a full cone (EIM + EIF) works.
+        assert!(punch_succeeds(k("apdm-apdf"), k("eim-eif")));
+        // UDP-blocked never punches.
+        for other in NatKind::all() {
+            assert!(!punch_succeeds(NatKind::UdpBlocked, other));
+        }
+    }
+
+    #[test]
+    fn paths_for_reachable_and_blocked_hosts() {
+        assert_eq!(predict_path(k("public"), k("apdm-apdf")), Path::Direct);
+        assert_eq!(predict_path(k("udp-blocked"), k("public")), Path::Direct);
+        assert_eq!(predict_path(k("eim-eif"), k("apdm-apdf")), Path::Direct);
+        assert_eq!(predict_path(k("udp-blocked"), k("eim-apdf")), Path::Relayed);
+        assert_eq!(predict_path(k("apdm-apdf"), k("eim-apdf")), Path::Relayed);
+        assert_eq!(predict_path(k("eim-apdf"), k("eim-apdf")), Path::Punched);
+    }
+
+    #[test]
+    fn testbed_kinds() {
+        use TestbedNat::*;
+        let table = [
+            (Public, Public, Path::Direct),
+            (Public, PortPreserving, Path::Direct),
+            (Public, RandomPort, Path::Direct),
+            (PortPreserving, PortPreserving, Path::Punched),
+            (PortPreserving, RandomPort, Path::Relayed),
+            (RandomPort, RandomPort, Path::Relayed),
+        ];
+        for (a, b, p) in table {
+            assert_eq!(predict_testbed_path(a, b), p, "{a:?} vs {b:?}");
+            assert_eq!(predict_testbed_path(b, a), p, "{b:?} vs {a:?}");
+        }
+    }
+}
