@@ -355,6 +355,10 @@ async fn run_one(exe: &std::path::Path, n: usize, args: &BenchArgs) -> Result<Ro
     })
 }
 
+/// The relay client handles at most 10 circuit requests at once per relay connection and
+/// silently drops the rest, so circuits are dialled in batches below that.
+const CIRCUIT_DIAL_BATCH: usize = 8;
+
 /// Dial a circuit to each target destination and wait for all connections.
 async fn connect_all(
     sw: &mut Swarm<ClientBehaviour>,
@@ -362,35 +366,38 @@ async fn connect_all(
     circuits: &[Multiaddr],
     dst_ids: &[PeerId],
 ) -> Result<(), Error> {
-    let mut waiting: std::collections::HashSet<PeerId> = std::collections::HashSet::new();
-    for &di in targets {
-        sw.dial(circuits[di].clone()).map_err(bench_err)?;
-        waiting.insert(dst_ids[di]);
-    }
-    let fut = async {
-        while !waiting.is_empty() {
-            match sw.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    waiting.remove(&peer_id);
-                }
-                SwarmEvent::OutgoingConnectionError {
-                    peer_id: Some(p),
-                    error,
-                    ..
-                } if waiting.contains(&p) => {
-                    return Err(Error::Bench(format!(
-                        "circuit refused: {}",
-                        client::error_chain(&error)
-                    )));
-                }
-                _ => {}
-            }
+    for batch in targets.chunks(CIRCUIT_DIAL_BATCH) {
+        let mut waiting: std::collections::HashSet<PeerId> = std::collections::HashSet::new();
+        for &di in batch {
+            sw.dial(circuits[di].clone()).map_err(bench_err)?;
+            waiting.insert(dst_ids[di]);
         }
-        Ok(())
-    };
-    tokio::time::timeout(SETUP_TIMEOUT, fut)
-        .await
-        .map_err(|_| Error::Bench("circuits did not come up".into()))?
+        let fut = async {
+            while !waiting.is_empty() {
+                match sw.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        waiting.remove(&peer_id);
+                    }
+                    SwarmEvent::OutgoingConnectionError {
+                        peer_id: Some(p),
+                        error,
+                        ..
+                    } if waiting.contains(&p) => {
+                        return Err(Error::Bench(format!(
+                            "circuit refused: {}",
+                            client::error_chain(&error)
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(SETUP_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Bench("circuits did not come up".into()))??;
+    }
+    Ok(())
 }
 
 async fn send_frames(
