@@ -26,6 +26,8 @@ pub struct ClientBehaviour {
     pub identify: identify::Behaviour,
     /// Raw streams.
     pub stream: libp2p_stream::Behaviour,
+    /// Rendezvous client (room discovery by hashed namespace).
+    pub rendezvous: libp2p::rendezvous::client::Behaviour,
 }
 
 /// A client swarm with a fresh identity.
@@ -53,6 +55,7 @@ pub fn new_client_with_key(key: Keypair) -> Result<Swarm<ClientBehaviour>, Error
                 key.public(),
             )),
             stream: libp2p_stream::Behaviour::new(),
+            rendezvous: libp2p::rendezvous::client::Behaviour::new(key.clone()),
         })
         .map_err(|e| Error::Libp2p(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))

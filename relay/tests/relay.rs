@@ -481,3 +481,70 @@ fn flags_override_file() -> Result<()> {
     assert_eq!(cfg.listen.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn rendezvous_serves_hashed_namespaces() -> Result<()> {
+    use client::ClientBehaviourEvent as E;
+    use libp2p::{rendezvous, swarm::SwarmEvent};
+    let dir = tempfile::tempdir()?;
+    let relay = confab_relay::start(test_config(dir.path())).await?;
+    let relay_addr = tcp_addr(&relay)?;
+    // Nodes register under a hash of the room id; the relay only ever sees this string.
+    let ns = rendezvous::Namespace::new(
+        "3f1c9a5e0b7d4c2a8e6f1b3d5c7a9e0f2b4d6c8a1e3f5b7d9c0a2e4f6b8d1c3a".into(),
+    )?;
+
+    let mut a = client::new_client()?;
+    let circuit = client::reserve(&mut a, &relay_addr, T)
+        .await
+        .map_err(|e| anyhow!("reservation: {e}"))?;
+    a.add_external_address(circuit.clone());
+    a.behaviour_mut()
+        .rendezvous
+        .register(ns.clone(), relay.peer_id(), None)?;
+    tokio::time::timeout(T, async {
+        loop {
+            match a.select_next_some().await {
+                SwarmEvent::Behaviour(E::Rendezvous(rendezvous::client::Event::Registered {
+                    ..
+                })) => return Ok(()),
+                SwarmEvent::Behaviour(E::Rendezvous(
+                    rendezvous::client::Event::RegisterFailed { error, .. },
+                )) => bail!("register failed: {error:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("registration timed out")??;
+    let a_id = *a.local_peer_id();
+    let _a = client::spawn_driver(a);
+
+    let mut b = client::new_client()?;
+    client::dial(&mut b, &relay_addr, relay.peer_id(), T)
+        .await
+        .map_err(|e| anyhow!("connect: {e}"))?;
+    b.behaviour_mut()
+        .rendezvous
+        .discover(Some(ns), None, None, relay.peer_id());
+    let found = tokio::time::timeout(T, async {
+        loop {
+            match b.select_next_some().await {
+                SwarmEvent::Behaviour(E::Rendezvous(rendezvous::client::Event::Discovered {
+                    registrations,
+                    ..
+                })) => return Ok(registrations),
+                SwarmEvent::Behaviour(E::Rendezvous(
+                    rendezvous::client::Event::DiscoverFailed { error, .. },
+                )) => bail!("discover failed: {error:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("discover timed out")??;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.peer_id(), a_id);
+    assert!(found[0].record.addresses().contains(&circuit));
+    Ok(())
+}
