@@ -254,9 +254,12 @@ struct RemoteSender {
     first_capture_ms: Option<u64>,
 }
 
+/// Sends (frame, close-after) to a room stream's writer task.
+type RoomWriter = mpsc::Sender<(Vec<u8>, bool)>;
+
 #[derive(Default)]
 struct PeerCtx {
-    room_stream: Option<(u64, mpsc::Sender<(Vec<u8>, bool)>)>,
+    room_stream: Option<(u64, RoomWriter)>,
     media_out: Option<Arc<MediaQueue>>,
     remote: Option<RemoteSender>,
     relayed: bool,
@@ -264,6 +267,8 @@ struct PeerCtx {
     member: bool,
     /// A room stream is being opened by us.
     opening: bool,
+    /// Room streams reopened after a handshake broke off.
+    room_retries: u32,
 }
 
 /// Reads 2-byte length-prefixed frames of at most `limit` bytes.
@@ -333,6 +338,8 @@ fn spawn_room_stream(
     tx
 }
 
+/// Sends queued media to `peer`, reopening the stream if it breaks (an inbound stream can be
+/// dropped by the remote when several arrive at once), at most a few times.
 fn spawn_media_sender(
     mut control: libp2p_stream::Control,
     peer: PeerId,
@@ -340,49 +347,81 @@ fn spawn_media_sender(
     inbound: mpsc::Sender<Inbound>,
 ) {
     tokio::spawn(async move {
-        let open = tokio::time::timeout(
-            Duration::from_secs(10),
-            control.open_stream(peer, MEDIA_PROTOCOL),
-        )
-        .await;
-        let mut stream = match open {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let _ = inbound
-                    .send(Inbound::OpenFailed {
-                        peer,
-                        reason: e.to_string(),
-                    })
-                    .await;
-                return;
-            }
-            Err(_) => {
-                let _ = inbound
-                    .send(Inbound::OpenFailed {
-                        peer,
-                        reason: "timed out opening the media stream".into(),
-                    })
-                    .await;
-                return;
-            }
-        };
-        while let Some(frame) = queue.pop().await {
-            let Ok(bytes) = length_prefixed(&frame) else {
-                continue;
+        let mut attempts = 0;
+        let mut last_error = String::new();
+        'open: while attempts < 5 {
+            attempts += 1;
+            let open = tokio::time::timeout(
+                Duration::from_secs(10),
+                control.open_stream(peer, MEDIA_PROTOCOL),
+            )
+            .await;
+            let mut stream = match open {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(_) => {
+                    last_error = "timed out opening the media stream".into();
+                    continue;
+                }
             };
-            let write = async {
-                stream.write_all(&bytes).await?;
-                stream.flush().await
+            while let Some(frame) = queue.pop().await {
+                let Ok(bytes) = length_prefixed(&frame) else {
+                    continue;
+                };
+                let write = async {
+                    stream.write_all(&bytes).await?;
+                    stream.flush().await
+                };
+                if tokio::time::timeout(Duration::from_secs(2), write)
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    debug!(%peer, "media stream broke; reopening it");
+                    last_error = "media stream broke".into();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'open;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
+            return;
+        }
+        let _ = inbound
+            .send(Inbound::OpenFailed {
+                peer,
+                reason: last_error,
+            })
+            .await;
+    });
+}
+
+/// Takes inbound streams off libp2p-stream's accept channels as fast as they come (those
+/// channels hold one stream; a second one arriving before the first is taken is dropped).
+fn spawn_acceptors(
+    mut room_incoming: libp2p_stream::IncomingStreams,
+    mut media_incoming: libp2p_stream::IncomingStreams,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let tx = inbound.clone();
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = room_incoming.next().await {
+            let msg = Inbound::RoomStream {
+                peer,
+                stream,
+                initiator: false,
             };
-            if tokio::time::timeout(Duration::from_secs(2), write)
-                .await
-                .map_or(true, |r| r.is_err())
-            {
-                debug!(%peer, "media stream write failed");
+            if tx.send(msg).await.is_err() {
                 return;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
+    });
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = media_incoming.next().await {
+            spawn_media_receiver(peer, stream, inbound.clone());
+        }
     });
 }
 
@@ -423,13 +462,14 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
             })?;
     }
     let mut control = swarm.behaviour().stream.new_control();
-    let mut room_incoming = control
+    let room_incoming = control
         .accept(ROOM_PROTOCOL)
         .map_err(|e| CallError::Other(e.to_string()))?;
-    let mut media_incoming = control
+    let media_incoming = control
         .accept(MEDIA_PROTOCOL)
         .map_err(|e| CallError::Other(e.to_string()))?;
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+    spawn_acceptors(room_incoming, media_incoming, inbound_tx.clone());
 
     let recording = opts.output.is_some() || opts.output_dir.is_some();
     let identity = Identity::from_secret_bytes(&opts.identity);
@@ -575,12 +615,6 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
             ev = swarm.select_next_some() => {
                 handle_swarm_event(ev, &me, &mut swarm, &mut peers, &bootstrap, &mut listen_addrs, &mut room, &inbound_tx, &control);
             }
-            Some((peer, stream)) = room_incoming.next() => {
-                let _ = inbound_tx.try_send(Inbound::RoomStream { peer, stream, initiator: false });
-            }
-            Some((peer, stream)) = media_incoming.next() => {
-                spawn_media_receiver(peer, stream, inbound_tx.clone());
-            }
             Some(msg) = inbound_rx.recv() => {
                 let now = now_ms();
                 match msg {
@@ -679,6 +713,9 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                 deliver_media(&mut peers, pid, now, frame);
             }
         }
+        // Send what the room queued before acting on its events: a Reject must go out before
+        // the event handler drops the stream.
+        flush_transmits(&mut room, &mut peers);
         // Room events.
         while let Some(ev) = room.poll_event() {
             match ev {
@@ -762,8 +799,19 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                         kind: "admission_failed".into(),
                         detail: reason.to_string(),
                     });
-                    if let Some(ctx) = net::peer_id(&peer).and_then(|p| peers.get_mut(&p)) {
+                    if let Some((p, ctx)) =
+                        net::peer_id(&peer).and_then(|p| peers.get_mut(&p).map(|c| (p, c)))
+                    {
                         ctx.room_stream = None;
+                        // A stream that broke during the handshake (e.g. dropped on arrival)
+                        // is retried a few times while the connection is up.
+                        if reason == AdmissionFailure::Incomplete
+                            && ctx.room_retries < 3
+                            && swarm.is_connected(&p)
+                        {
+                            ctx.room_retries += 1;
+                            maybe_open_room_stream(&me, p, ctx, &room, &control, &inbound_tx);
+                        }
                     }
                     let refused = matches!(
                         reason,
@@ -955,24 +1003,20 @@ fn handle_swarm_event(
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
-            num_established,
+            num_established: 0,
             ..
         } => {
-            if num_established == 0 {
-                room.peer_disconnected(now_ms(), &peer_id.to_bytes());
-                if let Some(ctx) = peers.get_mut(&peer_id) {
-                    ctx.room_stream = None;
-                }
+            room.peer_disconnected(now_ms(), &peer_id.to_bytes());
+            if let Some(ctx) = peers.get_mut(&peer_id) {
+                ctx.room_stream = None;
             }
         }
         SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
             debug!(peer = ?peer_id, %error, "dial failed");
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => {
-            if e.result.is_ok() {
-                info!(peer = %e.remote_peer_id, "hole punch succeeded");
-                peers.entry(e.remote_peer_id).or_default().punched = true;
-            }
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) if e.result.is_ok() => {
+            info!(peer = %e.remote_peer_id, "hole punch succeeded");
+            peers.entry(e.remote_peer_id).or_default().punched = true;
         }
         _ => {}
     }

@@ -62,6 +62,15 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Measure the media path per frame and a node's CPU and memory in a real call.
+    Bench {
+        #[arg(long, default_value_t = 8)]
+        participants: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +194,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     {
         return crate::demo::run(participants, seconds, json, keep);
     }
+    if let Command::Bench {
+        participants,
+        seconds,
+        json,
+    } = cli.command
+    {
+        return crate::bench::run(participants, seconds, json);
+    }
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Init { name } => init(&dir, name),
@@ -198,7 +215,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             RoomCommand::List { json } => room_list(&dir, json),
         },
         Command::Call(args) => call_cmd(&dir, args),
-        Command::Demo { .. } => Ok(()),
+        Command::Demo { .. } | Command::Bench { .. } => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! * [`cli`] / [`demo`] — the `confab` command line and the one-command demo.
 
 pub mod audio;
+pub mod bench;
 pub mod call;
 pub mod cli;
 pub mod codec;

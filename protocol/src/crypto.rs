@@ -43,7 +43,7 @@ pub const IDENTITY_PROOF_LEN: usize = 32 + 64;
 /// How many past epochs of one sender a receiver keeps keys for (in-flight frames).
 pub const KEPT_EPOCHS: usize = 3;
 /// How far ahead of the newest known epoch a receiver tries the forward ratchet.
-pub const MAX_RATCHET_STEPS: u32 = 4;
+pub const MAX_RATCHET_STEPS: u32 = 64;
 /// Replay window width, in frames.
 pub const REPLAY_WINDOW: u32 = 128;
 
