@@ -105,7 +105,7 @@ fn demo_three_participants() {
 #[test]
 fn demo_eight_participants() {
     let _turn = heavy();
-    check_demo(&demo(8, 4), 8);
+    check_demo(&demo(8, 5), 8);
 }
 
 #[test]
