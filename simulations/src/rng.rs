@@ -21,6 +21,11 @@ impl SimRng {
         (self.0.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// A uniform 64-bit value.
+    pub fn u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
     /// `true` with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.f64() < p

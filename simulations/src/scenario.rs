@@ -125,6 +125,11 @@ pub struct Scenario {
     pub seed: u64,
     /// Simulated time, seconds.
     pub duration_s: f64,
+    /// Split the rooms (and relays) into this many independent shards that run on their own
+    /// threads with their own seeds derived from `seed`; results are merged in shard order,
+    /// so the output stays deterministic. 1 = one simulation.
+    #[serde(default = "one_u32")]
+    pub shards: u32,
     #[serde(default)]
     pub network: Network,
     #[serde(default)]
@@ -143,6 +148,10 @@ pub struct Scenario {
     pub churn: Option<Churn>,
     #[serde(default)]
     pub output: Output,
+}
+
+fn one_u32() -> u32 {
+    1
 }
 
 fn default_seed() -> u64 {
@@ -300,6 +309,9 @@ pub struct RoomParams {
     pub handshake_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub idle_timeout_ms: u64,
+    /// Simulator only: round every room timer up to a multiple of this many ms (0 = exact),
+    /// so that a node's per-peer heartbeats fall on one tick; saves events at scale.
+    pub timer_tick_ms: u64,
 }
 
 impl Default for RoomParams {
@@ -310,6 +322,7 @@ impl Default for RoomParams {
             handshake_timeout_ms: c.handshake_timeout_ms,
             heartbeat_interval_ms: c.heartbeat_interval_ms,
             idle_timeout_ms: c.idle_timeout_ms,
+            timer_tick_ms: 0,
         }
     }
 }
@@ -471,6 +484,14 @@ impl Scenario {
         if !pos(self.duration_s) || self.duration_s > 86_400.0 {
             bad("duration_s", "must be > 0 and at most 86400");
         }
+        if !(1..=64).contains(&self.shards) {
+            bad("shards", "must be between 1 and 64");
+        } else if self.relays.count < self.shards {
+            bad(
+                "relays.count",
+                "must be at least `shards` (relays are split among shards)",
+            );
+        }
         if !(1.0..=16.0).contains(&self.network.setup_rtts) {
             bad("network.setup_rtts", "must be between 1 and 16");
         }
@@ -536,6 +557,12 @@ impl Scenario {
             bad(
                 "room.heartbeat_interval_ms",
                 "must be > 0 and below room.idle_timeout_ms",
+            );
+        }
+        if r.timer_tick_ms > r.heartbeat_interval_ms {
+            bad(
+                "room.timer_tick_ms",
+                "must be at most room.heartbeat_interval_ms",
             );
         }
         if r.handshake_timeout_ms == 0 {

@@ -392,8 +392,8 @@ impl Sim {
     }
 
     /// Runs to the end; `progress(done_us, total_us)` is called about every 1% of simulated
-    /// time.
-    pub fn run(mut self, progress: &mut dyn FnMut(u64, u64)) -> RunOutput {
+    /// time. Returns the raw measurements.
+    fn run_raw(mut self, progress: &mut dyn FnMut(u64, u64)) -> Raw {
         let step = (self.end / 100).max(1);
         let mut next_report = 0;
         while let Some(e) = self.queue.pop() {
@@ -410,7 +410,7 @@ impl Sim {
         }
         self.now = self.end;
         progress(self.end, self.end);
-        self.finish()
+        self.into_raw()
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -902,6 +902,8 @@ impl Sim {
         let Some(t) = room.poll_timeout() else {
             return;
         };
+        let tick = self.sc.room.timer_tick_ms;
+        let t = if tick > 0 { t.div_ceil(tick) * tick } else { t };
         let t = (t * MS).max(self.now + MS);
         if node.timer_at.is_some_and(|cur| cur <= t) {
             return;
@@ -1154,13 +1156,168 @@ impl Sim {
         });
     }
 
-    fn finish(mut self) -> RunOutput {
+    /// Stops the simulation and keeps only what was measured.
+    fn into_raw(mut self) -> Raw {
         if self.media_on {
             for n in 0..self.nodes.len() {
                 self.finish_streams(n);
             }
         }
-        let c = self.counters_now();
+        let window_s = (self.media_end.saturating_sub(self.media_start)) as f64 / 1e6;
+        // Upload per participant: every node of a media room, over the media window.
+        for r in &self.rooms {
+            if !r.media {
+                continue;
+            }
+            let agg = self.sizes.entry(r.size).or_default();
+            agg.rooms += 1;
+            for m in &r.members {
+                if window_s > 0.0 {
+                    agg.up_kbps
+                        .push(self.nodes[*m].window_up_bytes as f64 * 8.0 / 1000.0 / window_s);
+                }
+            }
+        }
+        let mut census = BTreeMap::new();
+        for n in &self.nodes {
+            *census.entry(n.nat.to_string()).or_insert(0u64) += 1;
+        }
+        Raw {
+            counters: self.counters_now(),
+            name: self.sc.name.clone(),
+            duration_s: self.sc.duration_s,
+            media_enabled: self.sc.media.enabled,
+            nodes: self.nodes.len() as u64,
+            rooms: self.rooms.len() as u64,
+            rooms_with_media: self.rooms.iter().filter(|r| r.media).count() as u64,
+            events: self.events,
+            census,
+            conn_stats: self.conn_stats,
+            setup_ms: self.setup_ms,
+            first_try: self.first_try,
+            pairs: self.pairs,
+            relay_peaks: self.relays.iter().map(|r| r.peak).collect(),
+            relayed_bytes: self.relays.iter().map(|r| r.pipe.bytes).sum(),
+            circuits_opened: self.circuits_opened,
+            circuits_refused: self.circuits_refused,
+            joins: self.joins,
+            leaves: self.leaves,
+            fresh_rotations: self.fresh_rotations,
+            ratchets: self.ratchets,
+            join_to_admitted: self.join_to_admitted,
+            join_to_audio: self.join_to_audio,
+            sizes: self.sizes,
+            frames_lost_net: self.frames_lost_net,
+            series: self.series,
+        }
+    }
+}
+
+/// What a finished simulation (or one shard of it) measured, without its protocol state.
+pub struct Raw {
+    name: String,
+    duration_s: f64,
+    media_enabled: bool,
+    nodes: u64,
+    rooms: u64,
+    rooms_with_media: u64,
+    events: u64,
+    counters: RoomCounters,
+    census: BTreeMap<String, u64>,
+    conn_stats: Connections,
+    setup_ms: Vec<f64>,
+    first_try: u64,
+    pairs: BTreeMap<(NatKind, NatKind), PairAgg>,
+    relay_peaks: Vec<u32>,
+    relayed_bytes: u64,
+    circuits_opened: u64,
+    circuits_refused: u64,
+    joins: u64,
+    leaves: u64,
+    fresh_rotations: u64,
+    ratchets: u64,
+    join_to_admitted: Vec<f64>,
+    join_to_audio: Vec<f64>,
+    sizes: BTreeMap<u32, SizeAgg>,
+    frames_lost_net: u64,
+    series: Vec<SeriesRow>,
+}
+
+impl Raw {
+    /// Adds another shard's measurements (shards are merged in shard order).
+    fn merge(&mut self, o: Raw) {
+        self.nodes += o.nodes;
+        self.rooms += o.rooms;
+        self.rooms_with_media += o.rooms_with_media;
+        self.events += o.events;
+        add_counters(&mut self.counters, &o.counters);
+        for (k, v) in o.census {
+            *self.census.entry(k).or_insert(0) += v;
+        }
+        let (a, b) = (&mut self.conn_stats, &o.conn_stats);
+        a.attempts += b.attempts;
+        a.resolved += b.resolved;
+        a.direct += b.direct;
+        a.punched += b.punched;
+        a.relayed += b.relayed;
+        a.failed += b.failed;
+        a.holepunch_runs += b.holepunch_runs;
+        self.setup_ms.extend(o.setup_ms);
+        self.first_try += o.first_try;
+        for (k, v) in o.pairs {
+            let p = self.pairs.entry(k).or_default();
+            p.attempts += v.attempts;
+            p.direct += v.direct;
+            p.punched += v.punched;
+            p.relayed += v.relayed;
+            p.failed += v.failed;
+        }
+        self.relay_peaks.extend(o.relay_peaks);
+        self.relayed_bytes += o.relayed_bytes;
+        self.circuits_opened += o.circuits_opened;
+        self.circuits_refused += o.circuits_refused;
+        self.joins += o.joins;
+        self.leaves += o.leaves;
+        self.fresh_rotations += o.fresh_rotations;
+        self.ratchets += o.ratchets;
+        self.join_to_admitted.extend(o.join_to_admitted);
+        self.join_to_audio.extend(o.join_to_audio);
+        for (k, v) in o.sizes {
+            let a = self.sizes.entry(k).or_default();
+            a.rooms += v.rooms;
+            a.streams += v.streams;
+            a.m2e.extend(v.m2e);
+            a.mos.extend(v.mos);
+            a.frames_sent += v.frames_sent;
+            a.frames_dropped += v.frames_dropped;
+            a.slots += v.slots;
+            a.missed += v.missed;
+            a.played += v.played;
+            a.concealed += v.concealed;
+            a.late += v.late;
+            a.up_kbps.extend(v.up_kbps);
+        }
+        self.frames_lost_net += o.frames_lost_net;
+        for (i, r) in o.series.into_iter().enumerate() {
+            match self.series.get_mut(i) {
+                Some(m) => {
+                    m.online += r.online;
+                    m.conns_direct += r.conns_direct;
+                    m.conns_punched += r.conns_punched;
+                    m.conns_relayed += r.conns_relayed;
+                    m.circuits += r.circuits;
+                    m.admissions += r.admissions;
+                    m.sender_key_messages += r.sender_key_messages;
+                    m.frames_played += r.frames_played;
+                    m.events += r.events;
+                }
+                None => self.series.push(r),
+            }
+        }
+    }
+
+    fn finish(mut self) -> RunOutput {
+        let c = self.counters.clone();
         let cs = &mut self.conn_stats;
         cs.setup_ms = Pct::of(std::mem::take(&mut self.setup_ms));
         let punched = cs.punched;
@@ -1199,21 +1356,17 @@ impl Sim {
                 }
             })
             .collect();
-        let mut census = BTreeMap::new();
-        for n in &self.nodes {
-            *census.entry(n.nat.to_string()).or_insert(0u64) += 1;
-        }
-        let duration_s = self.sc.duration_s;
-        let relayed_bytes: u64 = self.relays.iter().map(|r| r.pipe.bytes).sum();
+        let duration_s = self.duration_s;
+        let nrelays = self.relay_peaks.len() as u32;
         let relays = RelayStats {
-            count: self.sc.relays.count,
+            count: nrelays,
             circuits_opened: self.circuits_opened,
             circuits_refused: self.circuits_refused,
-            peak_circuits: self.relays.iter().map(|r| r.peak).collect(),
-            peak_circuits_max: self.relays.iter().map(|r| r.peak).max().unwrap_or(0),
-            relayed_mbytes: round3(relayed_bytes as f64 / 1e6),
+            peak_circuits_max: self.relay_peaks.iter().copied().max().unwrap_or(0),
+            peak_circuits: self.relay_peaks.clone(),
+            relayed_mbytes: round3(self.relayed_bytes as f64 / 1e6),
             mean_kbps_per_relay: round3(
-                relayed_bytes as f64 * 8.0 / 1000.0 / duration_s / f64::from(self.sc.relays.count),
+                self.relayed_bytes as f64 * 8.0 / 1000.0 / duration_s / f64::from(nrelays.max(1)),
             ),
         };
         let changes = self.joins + self.leaves;
@@ -1235,18 +1388,18 @@ impl Sim {
                 .then(|| round3(c.sender_key_messages_sent as f64 / changes as f64)),
             join_to_admitted_ms: Pct::of(std::mem::take(&mut self.join_to_admitted)),
         };
-        let media = self.sc.media.enabled.then(|| self.media_stats());
+        let media = self.media_enabled.then(|| self.media_stats());
         let summary = Summary {
-            scenario: self.sc.name.clone(),
+            scenario: self.name.clone(),
             seed: 0,
             duration_s,
-            nodes: self.nodes.len() as u64,
-            rooms: self.rooms.len() as u64,
+            nodes: self.nodes,
+            rooms: self.rooms,
             events: self.events,
             holepunch_success_rate,
             paths,
             connections: self.conn_stats.clone(),
-            nat_census: census,
+            nat_census: self.census.clone(),
             nat_pairs,
             relays,
             room,
@@ -1260,25 +1413,10 @@ impl Sim {
     }
 
     fn media_stats(&mut self) -> MediaStats {
-        let window_s = (self.media_end.saturating_sub(self.media_start)) as f64 / 1e6;
-        // Upload per participant: every node of a media room, over the media window.
-        for r in &self.rooms {
-            if !r.media {
-                continue;
-            }
-            let agg = self.sizes.entry(r.size).or_default();
-            agg.rooms += 1;
-            for m in &r.members {
-                if window_s > 0.0 {
-                    agg.up_kbps
-                        .push(self.nodes[*m].window_up_bytes as f64 * 8.0 / 1000.0 / window_s);
-                }
-            }
-        }
         let mut all_m2e = Vec::new();
         let mut all_mos = Vec::new();
         let mut ms = MediaStats {
-            rooms_with_media: self.rooms.iter().filter(|r| r.media).count() as u64,
+            rooms_with_media: self.rooms_with_media,
             frames_lost_in_network: self.frames_lost_net,
             join_to_first_audio_ms: Pct::of(self.join_to_audio.clone()),
             ..MediaStats::default()
@@ -1356,10 +1494,59 @@ fn add_counters(acc: &mut RoomCounters, c: &RoomCounters) {
     acc.malformed_frames += c.malformed_frames;
 }
 
-/// Runs a scenario with `seed` (the scenario's own seed when `None`).
+/// Runs a scenario with `seed` (the scenario's own seed when `None`); with `shards > 1` the
+/// shards run on their own threads and are merged in order (the result does not depend on
+/// thread timing).
 pub fn run(sc: &Scenario, seed: Option<u64>, progress: &mut dyn FnMut(u64, u64)) -> RunOutput {
     let seed = seed.unwrap_or(sc.seed);
-    let mut out = Sim::new(sc, seed).run(progress);
+    let shards = shard(sc, seed);
+    let raw = match shards.split_first() {
+        None => Sim::new(sc, seed).run_raw(progress),
+        Some((first, rest)) => std::thread::scope(|s| {
+            let handles: Vec<_> = rest
+                .iter()
+                .map(|(sc, sd)| s.spawn(move || Sim::new(sc, *sd).run_raw(&mut |_, _| {})))
+                .collect();
+            let mut raw = Sim::new(&first.0, first.1).run_raw(progress);
+            for h in handles {
+                match h.join() {
+                    Ok(r) => raw.merge(r),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            raw
+        }),
+    };
+    let mut out = raw.finish();
     out.summary.seed = seed;
     out
+}
+
+/// The per-shard scenarios and seeds (empty for one shard).
+fn shard(sc: &Scenario, seed: u64) -> Vec<(Scenario, u64)> {
+    let k = sc.shards.max(1);
+    if k == 1 {
+        return Vec::new();
+    }
+    let mut rng = SimRng::new(seed);
+    let split = |total: u32, i: u32| total / k + u32::from(i < total % k);
+    (0..k)
+        .filter_map(|i| {
+            let sub_seed = rng.u64();
+            let mut s = sc.clone();
+            s.shards = 1;
+            s.relays.count = split(sc.relays.count, i).max(1);
+            s.rooms = sc
+                .rooms
+                .iter()
+                .map(|g| {
+                    let mut g = g.clone();
+                    g.count = split(g.count, i);
+                    g
+                })
+                .filter(|g| g.count > 0)
+                .collect();
+            (!s.rooms.is_empty()).then_some((s, sub_seed))
+        })
+        .collect()
 }
