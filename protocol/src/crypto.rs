@@ -200,11 +200,39 @@ fn snow_err(e: snow::Error) -> Error {
 /// responder when it reads message 3 ([`Error::BadRoomSecret`]).
 pub struct Handshake {
     state: snow::HandshakeState,
-    identity: Identity,
+    proof: [u8; IDENTITY_PROOF_LEN],
     room_id: RoomId,
-    static_public: Vec<u8>,
     remote_peer: Option<Vec<u8>>,
     reads: u8,
+}
+
+/// A member's X25519 static key for one room, with its identity proof: made once per room
+/// and used for every handshake in it (one scalar multiplication and one signature per
+/// room instead of per pair).
+pub struct LocalStatic {
+    secret: [u8; 32],
+    proof: [u8; IDENTITY_PROOF_LEN],
+}
+
+impl Drop for LocalStatic {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
+}
+
+impl LocalStatic {
+    /// Derives the static key from `seed` and signs it with `identity` for `room_id`.
+    pub fn new(identity: &Identity, room_id: &RoomId, seed: [u8; 32]) -> Result<Self> {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let mut dh = DefaultResolver
+            .resolve_dh(&DHChoice::Curve25519)
+            .ok_or_else(|| Error::Handshake("no X25519 implementation".into()))?;
+        dh.set(&secret);
+        let proof = identity.prove(room_id, dh.pubkey());
+        Ok(Self { secret, proof })
+    }
 }
 
 /// What a [`Handshake`] step produced.
@@ -216,11 +244,11 @@ pub enum HandshakeStep {
 }
 
 impl Handshake {
-    /// Starts a handshake. `seed` supplies every random byte this handshake uses (the
-    /// ephemeral and the static X25519 keys).
+    /// Starts a handshake with our static key `local` (see [`LocalStatic`]). `seed` supplies
+    /// every random byte this handshake uses (the ephemeral key).
     pub fn new(
         initiator: bool,
-        identity: &Identity,
+        local: &LocalStatic,
         room_id: &RoomId,
         psk: &[u8; 32],
         seed: [u8; 32],
@@ -228,38 +256,25 @@ impl Handshake {
         let params: snow::params::NoiseParams = NOISE_PARAMS
             .parse()
             .map_err(|e: snow::Error| Error::Handshake(e.to_string()))?;
-        let mut rng = ChaCha20Rng::from_seed(seed);
-        let mut static_secret = [0u8; 32];
-        rng.fill_bytes(&mut static_secret);
-        let mut snow_seed = [0u8; 32];
-        rng.fill_bytes(&mut snow_seed);
-        let mut dh = DefaultResolver
-            .resolve_dh(&DHChoice::Curve25519)
-            .ok_or_else(|| Error::Handshake("no X25519 implementation".into()))?;
-        dh.set(&static_secret);
-        let static_public = dh.pubkey().to_vec();
         let mut prologue = b"confab/room/1".to_vec();
         prologue.extend_from_slice(room_id);
-        let builder =
-            snow::Builder::with_resolver(params, Box::new(SeededResolver { seed: snow_seed }))
-                .local_private_key(&static_secret)
-                .map_err(snow_err)?
-                .psk(3, psk)
-                .map_err(snow_err)?
-                .prologue(&prologue)
-                .map_err(snow_err)?;
+        let builder = snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
+            .local_private_key(&local.secret)
+            .map_err(snow_err)?
+            .psk(3, psk)
+            .map_err(snow_err)?
+            .prologue(&prologue)
+            .map_err(snow_err)?;
         let state = if initiator {
             builder.build_initiator()
         } else {
             builder.build_responder()
         }
         .map_err(snow_err)?;
-        static_secret.zeroize();
         Ok(Self {
             state,
-            identity: identity.clone(),
+            proof: local.proof,
             room_id: *room_id,
-            static_public,
             remote_peer: None,
             reads: 0,
         })
@@ -284,17 +299,15 @@ impl Handshake {
             return Ok(HandshakeStep::Wait);
         }
         // Message 1 carries no payload; messages 2 and 3 carry our identity proof.
-        let payload: Vec<u8> = if self.is_initiator() && self.remote_peer.is_none() {
-            Vec::new()
+        let payload: &[u8] = if self.is_initiator() && self.remote_peer.is_none() {
+            &[]
         } else {
-            self.identity
-                .prove(&self.room_id, &self.static_public)
-                .to_vec()
+            &self.proof
         };
         let mut buf = vec![0u8; 512];
         let n = self
             .state
-            .write_message(&payload, &mut buf)
+            .write_message(payload, &mut buf)
             .map_err(snow_err)?;
         buf.truncate(n);
         Ok(HandshakeStep::Send(buf))
@@ -668,8 +681,10 @@ mod tests {
         psk_a: &[u8; 32],
         psk_b: &[u8; 32],
     ) -> Result<(Session, Session)> {
-        let mut i = Handshake::new(true, a, room, psk_a, [1; 32])?;
-        let mut r = Handshake::new(false, b, room, psk_b, [2; 32])?;
+        let la = LocalStatic::new(a, room, [3; 32])?;
+        let lb = LocalStatic::new(b, room, [4; 32])?;
+        let mut i = Handshake::new(true, &la, room, psk_a, [1; 32])?;
+        let mut r = Handshake::new(false, &lb, room, psk_b, [2; 32])?;
         loop {
             match i.write()? {
                 HandshakeStep::Send(m) => r.read(&m)?,
@@ -723,8 +738,10 @@ mod tests {
         let a = Identity::generate(&mut rng(1));
         let b = Identity::generate(&mut rng(2));
         let psk = room_psk(&[1; 16], &[9u8; 32]);
-        let mut i = Handshake::new(true, &a, &[1; 16], &psk, [1; 32]).expect("new");
-        let mut r = Handshake::new(false, &b, &[2; 16], &psk, [2; 32]).expect("new");
+        let la = LocalStatic::new(&a, &[1; 16], [3; 32]).expect("static");
+        let lb = LocalStatic::new(&b, &[2; 16], [4; 32]).expect("static");
+        let mut i = Handshake::new(true, &la, &[1; 16], &psk, [1; 32]).expect("new");
+        let mut r = Handshake::new(false, &lb, &[2; 16], &psk, [2; 32]).expect("new");
         let HandshakeStep::Send(m1) = i.write().expect("w1") else {
             panic!("no message 1")
         };

@@ -22,8 +22,8 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::crypto::{
-    room_psk, Handshake, HandshakeStep, Identity, MediaKey, OpenedFrame, ReceiverKeys, SenderKey,
-    Session,
+    room_psk, Handshake, HandshakeStep, Identity, LocalStatic, MediaKey, OpenedFrame, ReceiverKeys,
+    SenderKey, Session,
 };
 use crate::error::{Error, Result};
 use crate::wire::{Control, MediaFrame, PeerInfo, RejectReason, RoomFrame, MAX_MEMBERS, MAX_NAME};
@@ -187,6 +187,8 @@ pub struct Room {
     room_id: RoomId,
     psk: [u8; 32],
     rng: ChaCha20Rng,
+    /// Our X25519 static key and identity proof for this room, made on first use.
+    local_static: Option<LocalStatic>,
     sender: SenderKey,
     peers: BTreeMap<PeerKey, PeerState>,
     transmits: VecDeque<Transmit>,
@@ -213,6 +215,7 @@ impl Room {
             identity,
             room_id,
             rng,
+            local_static: None,
             sender,
             peers: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -274,8 +277,16 @@ impl Room {
         if peer == self.me {
             return Err(Error::Handshake("refusing a session with ourselves".into()));
         }
+        if self.local_static.is_none() {
+            let seed = self.seed();
+            self.local_static = Some(LocalStatic::new(&self.identity, &self.room_id, seed)?);
+        }
         let seed = self.seed();
-        let hs = Handshake::new(initiator, &self.identity, &self.room_id, &self.psk, seed)?;
+        let local = self
+            .local_static
+            .as_ref()
+            .ok_or_else(|| Error::Handshake("no static key".into()))?;
+        let hs = Handshake::new(initiator, local, &self.room_id, &self.psk, seed)?;
         if let Some(PeerState::Member(_)) = self.peers.get(&peer) {
             self.remove_member(now, &peer, LeaveReason::Disconnected);
         }
