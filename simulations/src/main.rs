@@ -13,6 +13,8 @@ use confab_sim::report::write_all;
 use confab_sim::scenario::Scenario;
 use confab_sim::sweep::{sweep, Param};
 
+mod testbed;
+
 #[derive(Parser)]
 #[command(
     name = "confab-sim",
@@ -52,6 +54,8 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Run the real binaries in network namespaces behind kernel NAT and hold one call.
+    Testbed(testbed::TestbedArgs),
     /// Run a scenario (default scale-10k) and print wall time and events per second.
     Bench {
         #[arg(default_value = "simulations/scenarios/scale-10k.toml")]
@@ -141,6 +145,7 @@ fn main() -> Result<()> {
                 out.join("sweep.csv").display()
             );
         }
+        Cmd::Testbed(args) => testbed::main(&args)?,
         Cmd::Bench {
             scenario,
             runs,
