@@ -30,6 +30,9 @@ use crate::net::{self, BehaviourEvent, MEDIA_PROTOCOL, ROOM_PROTOCOL};
 
 /// Most media frames queued toward one peer (100 ms at 20 ms frames).
 pub const MEDIA_QUEUE_FRAMES: usize = 5;
+/// Tracing target of one debug line per media frame sent or received (size and time, as
+/// a network observer would see them): `RUST_LOG=confab::wire=debug`.
+pub const WIRE_TARGET: &str = "confab::wire";
 /// Plaintext size every media frame is padded to in constant-bitrate mode.
 pub const CBR_PAD: usize = 160;
 /// How long to wait for the first member before giving up.
@@ -372,6 +375,8 @@ fn spawn_media_sender(
                 let Ok(bytes) = length_prefixed(&frame) else {
                     continue;
                 };
+                // What an observer of the wire sees: the size (the u16 prefix) and the time.
+                debug!(target: WIRE_TARGET, %peer, len = frame.len(), at_ms = now_ms(), "media frame sent");
                 let write = async {
                     stream.write_all(&bytes).await?;
                     stream.flush().await
@@ -428,6 +433,7 @@ fn spawn_acceptors(
 fn spawn_media_receiver(peer: PeerId, mut stream: Stream, inbound: mpsc::Sender<Inbound>) {
     tokio::spawn(async move {
         while let Some(bytes) = read_frame(&mut stream, MAX_MEDIA_FRAME).await {
+            debug!(target: WIRE_TARGET, %peer, len = bytes.len(), at_ms = now_ms(), "media frame received");
             // Never block the reader on a busy call loop: a full queue drops the frame
             // (the jitter buffer counts it as lost).
             let msg = Inbound::Media {

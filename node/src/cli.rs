@@ -11,6 +11,7 @@ use libp2p::Multiaddr;
 use rand::RngCore;
 use serde_json::json;
 
+use crate::account_cmd::open_store;
 use crate::call::{self, CallOptions, Input};
 use crate::store::{Store, StoredRoom};
 
@@ -35,6 +36,22 @@ pub enum Command {
         /// Display name shown to the other members.
         #[arg(long)]
         name: Option<String>,
+        /// Seal the key, profile, rooms and history with a passphrase (prompted, or
+        /// `CONFAB_PASSPHRASE`).
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Export, import or delete the account, or set its passphrase.
+    Account {
+        #[command(subcommand)]
+        command: crate::account_cmd::AccountCommand,
+    },
+    /// The call history (room, peers, start, duration; never content).
+    History(crate::account_cmd::HistoryArgs),
+    /// Account settings.
+    Settings {
+        #[command(subcommand)]
+        command: crate::account_cmd::SettingsCommand,
     },
     /// Show this account's peer id and name.
     Whoami {
@@ -134,23 +151,17 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn input(message: impl Into<String>) -> Self {
+    pub(crate) fn input(message: impl Into<String>) -> Self {
         Self {
             code: 2,
             message: message.into(),
         }
     }
-    fn other(message: impl std::fmt::Display) -> Self {
+    pub(crate) fn other(message: impl std::fmt::Display) -> Self {
         Self {
             code: 1,
             message: message.to_string(),
         }
-    }
-}
-
-impl From<crate::store::StoreError> for Failure {
-    fn from(e: crate::store::StoreError) -> Self {
-        Failure::other(e)
     }
 }
 
@@ -204,7 +215,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
-        Command::Init { name } => init(&dir, name),
+        Command::Init { name, passphrase } => init(&dir, name, passphrase),
+        Command::Account { command } => crate::account_cmd::run_account(&dir, command),
+        Command::History(args) => crate::account_cmd::run_history(&dir, args),
+        Command::Settings { command } => crate::account_cmd::run_settings(&dir, command),
         Command::Whoami { json } => whoami(&dir, json),
         Command::Room { command } => match command {
             RoomCommand::Create {
@@ -219,8 +233,19 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn init(dir: &Path, name: Option<String>) -> Result<(), Failure> {
-    let store = Store::open(dir)?;
+fn init(dir: &Path, name: Option<String>, passphrase: bool) -> Result<(), Failure> {
+    let fresh = !crate::account::has_store(dir);
+    let store = if passphrase && fresh {
+        let store = Store::open(dir)?;
+        crate::account_cmd::seal_new_store(&store)?;
+        store
+    } else if passphrase {
+        return Err(Failure::input(
+            "an account store exists here already; seal it with `confab account passphrase`",
+        ));
+    } else {
+        open_store(dir)?
+    };
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let created = store.set_identity_if_absent(&secret)?;
@@ -245,7 +270,7 @@ fn init(dir: &Path, name: Option<String>) -> Result<(), Failure> {
 }
 
 fn whoami(dir: &Path, json: bool) -> Result<(), Failure> {
-    let store = Store::open(dir)?;
+    let store = open_store(dir)?;
     let secret = store.require_identity()?;
     let pid = peer_id_of(&secret)?;
     let name = store.name()?.unwrap_or_default();
@@ -269,7 +294,7 @@ fn room_create(
     announce: Vec<Multiaddr>,
     json: bool,
 ) -> Result<(), Failure> {
-    let store = Store::open(dir)?;
+    let store = open_store(dir)?;
     let secret = store.require_identity()?;
     let identity = Identity::from_secret_bytes(&secret);
     let listen = if listen.is_empty() {
@@ -326,7 +351,7 @@ fn room_create(
 }
 
 fn room_list(dir: &Path, json: bool) -> Result<(), Failure> {
-    let store = Store::open(dir)?;
+    let store = open_store(dir)?;
     let rooms = store.rooms()?;
     if json {
         let list: Vec<_> = rooms
@@ -370,7 +395,7 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         (None, None, Some(i)) => Input::Signal(i),
         (None, None, None) => Input::Tone(440.0),
     };
-    let store = Store::open(dir)?;
+    let store = open_store(dir)?;
     let identity = store.require_identity()?;
     let name = store.name()?.unwrap_or_default();
     let listen = if !args.listen.is_empty() {
@@ -411,12 +436,21 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(Failure::other)?;
-    let report = runtime
-        .block_on(call::run_call(opts))
-        .map_err(|e| Failure {
-            code: e.exit_code(),
-            message: e.to_string(),
-        })?;
+    // Expired history also goes once a day while a long call runs.
+    let report = crate::history::with_periodic_expiry(
+        &store,
+        crate::history::EXPIRY_PERIOD,
+        call::now_ms,
+        || runtime.block_on(call::run_call(opts)),
+    )
+    .map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
+    // The call history: room, peers, start, duration; never content.
+    if let Err(e) = store.record_call(&crate::history::HistoryEntry::from_report(&report)) {
+        tracing::warn!(error = %e, "cannot record the call in the history");
+    }
     drop(store);
     if args.json {
         println!(
@@ -431,6 +465,9 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
 
 fn print_report(r: &call::CallReport) {
     println!("call in room {} as {} ({})", r.room, r.name, r.peer_id);
+    for line in crate::account_cmd::recording_notice(r) {
+        println!("{line}");
+    }
     println!("sent {} frames", r.frames_captured);
     println!(
         "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5}",

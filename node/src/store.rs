@@ -2,27 +2,36 @@
 //!
 //! Trees: `meta` (schema version), `identity` (the Ed25519 secret key), `profile` (display
 //! name), `rooms` (rooms this account created or joined: id, secret, listen addresses),
-//! `settings` (listen addresses, relays). Every write that matters is flushed before the call
-//! returns, so a node killed with SIGKILL loses nothing it reported as done.
+//! `settings` (listen addresses, relays, history retention), `history` (calls: room, peers,
+//! start, duration). Every write that matters is flushed before the call returns, so a node
+//! killed with SIGKILL loses nothing it reported as done.
+//!
+//! With a passphrase (see [`crate::seal`]) the values of `identity`, `profile`, `rooms` and
+//! `history` are sealed; `meta/seal` says how. Schema 2 added `history` and sealing; a schema-1
+//! store is migrated on open (nothing to convert: it has neither).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the store layout; bumped with a migration whenever it changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: &str = "meta";
 const IDENTITY: &str = "identity";
 const PROFILE: &str = "profile";
 const ROOMS: &str = "rooms";
 const SETTINGS: &str = "settings";
+/// Trees whose values are sealed when the account has a passphrase.
+pub const SEALED_TREES: [&str; 4] = [IDENTITY, PROFILE, ROOMS, crate::history::HISTORY];
+/// Key of the seal record in `meta`.
+pub const SEAL_RECORD: &str = "seal";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the account store at {0} is in use by another confab process")]
     Locked(PathBuf),
-    #[error("the account store at {path} is corrupt or unreadable: {detail}")]
+    #[error("the account store at {path} is corrupt or unreadable: {detail}. It was left untouched: restore it from a backup or an export, or remove it with `confab account delete`")]
     Corrupt { path: PathBuf, detail: String },
     #[error("the account store at {path} was written by a newer confab (schema {found}, this build knows {known}); it was left untouched")]
     TooNew {
@@ -41,6 +50,10 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record is malformed: {0}")]
     Record(String),
+    #[error("the account in {0} is sealed with a passphrase: give it at the prompt or in CONFAB_PASSPHRASE")]
+    PassphraseRequired(PathBuf),
+    #[error("wrong passphrase for the account in {0}")]
+    WrongPassphrase(PathBuf),
 }
 
 /// A room this account knows.
@@ -72,6 +85,8 @@ pub struct Settings {
 pub struct Store {
     db: sled::Db,
     dir: PathBuf,
+    /// The passphrase key, once [`Store::unlock`] succeeded on a sealed store.
+    seal: std::sync::OnceLock<crate::seal::SealKey>,
 }
 
 impl Store {
@@ -82,6 +97,8 @@ impl Store {
             source,
         })?;
         let path = dir.join("db");
+        crate::account::recover_interrupted_swap(dir);
+        crate::account::check_before_open(dir)?;
         let db = sled::Config::new()
             .path(&path)
             .open()
@@ -106,8 +123,14 @@ impl Store {
         let store = Self {
             db,
             dir: dir.to_path_buf(),
+            seal: std::sync::OnceLock::new(),
         };
         store.check_schema()?;
+        crate::account::remove_leftovers(dir);
+        // Expired history goes on every start (a sealed store: when it is unlocked).
+        if !store.is_sealed()? {
+            store.expire_history(crate::call::now_ms())?;
+        }
         Ok(store)
     }
 
@@ -132,6 +155,12 @@ impl Store {
                         known: SCHEMA_VERSION,
                     });
                 }
+                if found < SCHEMA_VERSION {
+                    // 1 → 2: the `history` tree and sealing are new; a schema-1 store has
+                    // neither, so there is nothing to convert.
+                    meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                    self.db.flush()?;
+                }
                 Ok(())
             }
         }
@@ -141,12 +170,104 @@ impl Store {
         &self.dir
     }
 
+    /// Whether the account is sealed with a passphrase.
+    pub fn is_sealed(&self) -> Result<bool, StoreError> {
+        Ok(self.db.open_tree(META)?.contains_key(SEAL_RECORD)?)
+    }
+
+    /// The seal record of a sealed store.
+    pub fn seal_record(&self) -> Result<Option<crate::seal::SealRecord>, StoreError> {
+        self.db
+            .open_tree(META)?
+            .get(SEAL_RECORD)?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string())))
+            .transpose()
+    }
+
+    /// Whether the sealed records can be read and written now (unsealed, or unlocked).
+    pub fn is_unlocked(&self) -> Result<bool, StoreError> {
+        Ok(self.seal.get().is_some() || !self.is_sealed()?)
+    }
+
+    /// Unlocks a sealed store with its passphrase (a no-op on an unsealed one), then drops
+    /// expired history.
+    pub fn unlock(&self, passphrase: &str) -> Result<(), StoreError> {
+        let Some(record) = self.seal_record()? else {
+            return Ok(());
+        };
+        if self.seal.get().is_none() {
+            let key = crate::seal::SealKey::unlock(passphrase, &record).map_err(|e| match e {
+                crate::seal::SealError::WrongPassphrase => {
+                    StoreError::WrongPassphrase(self.dir.clone())
+                }
+                other => StoreError::Corrupt {
+                    path: self.dir.clone(),
+                    detail: other.to_string(),
+                },
+            })?;
+            let _ = self.seal.set(key);
+        }
+        self.expire_history(crate::call::now_ms()).map(|_| ())
+    }
+
+    /// Installs the key of a store that was just resealed with it.
+    pub(crate) fn install_key(&self, key: crate::seal::SealKey) {
+        let _ = self.seal.set(key);
+    }
+
+    /// Seals a new, empty account with `key` (used by `confab init --passphrase` before
+    /// anything is written, so no clear copy ever reaches the disk).
+    pub fn seal_empty(
+        &self,
+        key: crate::seal::SealKey,
+        record: &crate::seal::SealRecord,
+    ) -> Result<(), StoreError> {
+        for tree in SEALED_TREES {
+            if !self.db.open_tree(tree)?.is_empty() {
+                return Err(StoreError::Record(format!(
+                    "cannot seal a store that already holds {tree} records in place"
+                )));
+            }
+        }
+        let json = serde_json::to_vec(record).map_err(|e| StoreError::Record(e.to_string()))?;
+        self.db.open_tree(META)?.insert(SEAL_RECORD, json)?;
+        self.db.flush()?;
+        let _ = self.seal.set(key);
+        Ok(())
+    }
+
+    /// The value to store for record `key` of `tree`: sealed when the account is.
+    pub fn seal_value(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(k) = self.seal.get() {
+            return Ok(k.seal(tree, key, plain));
+        }
+        if self.is_sealed()? {
+            return Err(StoreError::PassphraseRequired(self.dir.clone()));
+        }
+        Ok(plain.to_vec())
+    }
+
+    /// The clear value of record `key` of `tree`, as stored by [`Store::seal_value`].
+    pub fn open_value(&self, tree: &str, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(k) = self.seal.get() {
+            return k.open(tree, key, stored).map_err(|e| StoreError::Corrupt {
+                path: self.dir.clone(),
+                detail: format!("{tree} record: {e}"),
+            });
+        }
+        if self.is_sealed()? {
+            return Err(StoreError::PassphraseRequired(self.dir.clone()));
+        }
+        Ok(stored.to_vec())
+    }
+
     /// The identity secret key, if the account was initialised.
     pub fn identity_secret(&self) -> Result<Option<[u8; 32]>, StoreError> {
         match self.db.open_tree(IDENTITY)?.get("ed25519")? {
             None => Ok(None),
             Some(v) => {
-                let key: [u8; 32] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                let v = zeroize::Zeroizing::new(self.open_value(IDENTITY, b"ed25519", &v)?);
+                let key: [u8; 32] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
                     path: self.dir.clone(),
                     detail: "identity key has the wrong length".into(),
                 })?;
@@ -164,8 +285,9 @@ impl Store {
     /// Stores the identity key (only if none exists). Returns whether it was stored.
     pub fn set_identity_if_absent(&self, secret: &[u8; 32]) -> Result<bool, StoreError> {
         let tree = self.db.open_tree(IDENTITY)?;
+        let value = self.seal_value(IDENTITY, b"ed25519", secret)?;
         let stored = tree
-            .compare_and_swap("ed25519", None as Option<&[u8]>, Some(&secret[..]))?
+            .compare_and_swap("ed25519", None as Option<&[u8]>, Some(value))?
             .is_ok();
         self.db.flush()?;
         Ok(stored)
@@ -175,23 +297,26 @@ impl Store {
         self.db
             .open_tree(PROFILE)?
             .get("name")?
-            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Record("name".into())))
+            .map(|v| {
+                let v = self.open_value(PROFILE, b"name", &v)?;
+                String::from_utf8(v).map_err(|_| StoreError::Record("name".into()))
+            })
             .transpose()
     }
 
     pub fn set_name(&self, name: &str) -> Result<(), StoreError> {
-        self.db
-            .open_tree(PROFILE)?
-            .insert("name", name.as_bytes())?;
+        let value = self.seal_value(PROFILE, b"name", name.as_bytes())?;
+        self.db.open_tree(PROFILE)?.insert("name", value)?;
         self.db.flush()?;
         Ok(())
     }
 
     pub fn put_room(&self, room: &StoredRoom) -> Result<(), StoreError> {
         let json = serde_json::to_vec(room).map_err(|e| StoreError::Record(e.to_string()))?;
+        let value = self.seal_value(ROOMS, room.room_id.as_bytes(), &json)?;
         self.db
             .open_tree(ROOMS)?
-            .insert(room.room_id.as_bytes(), json)?;
+            .insert(room.room_id.as_bytes(), value)?;
         self.db.flush()?;
         Ok(())
     }
@@ -200,7 +325,10 @@ impl Store {
         self.db
             .open_tree(ROOMS)?
             .get(room_id_hex.as_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string())))
+            .map(|v| {
+                let v = self.open_value(ROOMS, room_id_hex.as_bytes(), &v)?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string()))
+            })
             .transpose()
     }
 
@@ -208,9 +336,9 @@ impl Store {
         self.db
             .open_tree(ROOMS)?
             .iter()
-            .values()
-            .map(|v| {
-                let v = v?;
+            .map(|kv| {
+                let (k, v) = kv?;
+                let v = self.open_value(ROOMS, &k, &v)?;
                 serde_json::from_slice(&v).map_err(|e| StoreError::Record(e.to_string()))
             })
             .collect()
