@@ -13,13 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use confab_protocol::crypto::Identity;
 use confab_protocol::jitter::{JitterBuffer, JitterConfig, Playout};
-use confab_protocol::room::{AdmissionFailure, Event, Room, RoomConfig};
+use confab_protocol::room::{AdmissionFailure, Event, LeaveReason, Room, RoomConfig};
 use confab_protocol::ticket::Ticket;
 use confab_protocol::wire::{length_prefixed, RejectReason, MAX_MEDIA_FRAME, MAX_ROOM_FRAME};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Stream};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{rendezvous, Multiaddr, PeerId, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::audio::{self, FrameSource};
 use crate::codec::{self, Decoder, Encoder, EncoderConfig, FRAME_SAMPLES};
 use crate::net::{self, BehaviourEvent, MEDIA_PROTOCOL, ROOM_PROTOCOL};
+use crate::relays::{self, Relays};
 
 /// Most media frames queued toward one peer (100 ms at 20 ms frames).
 pub const MEDIA_QUEUE_FRAMES: usize = 5;
@@ -43,6 +44,15 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const INBOUND_QUEUE: usize = 2048;
 /// Most audio kept for output files, per sender (30 minutes).
 const MAX_OUTPUT_SAMPLES: usize = 30 * 60 * 48_000;
+/// How long we keep redialing a member whose connection broke (e.g. its relay restarted).
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// Without anyone admitted after this long, ask the relays' rendezvous for the room's members.
+const DISCOVER_AFTER: Duration = Duration::from_secs(3);
+/// After a relayed member is dialed directly, how long the circuit is kept before closing it.
+const CIRCUIT_GRACE: Duration = Duration::from_millis(500);
+/// Ids of inbound media streams, so the end of an old stream is not taken for the end of a
+/// newer one from the same sender.
+static MEDIA_STREAM_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where the audio we send comes from.
 #[derive(Debug, Clone)]
@@ -70,6 +80,12 @@ pub struct CallOptions {
     pub duration: Option<Duration>,
     /// Constant bitrate, no DTX, padded frames.
     pub cbr: bool,
+    /// Community relays (`…/p2p/<relay id>`): reserve a slot on each and announce the
+    /// circuit addresses.
+    pub relays: Vec<Multiaddr>,
+    /// Dial and announce only circuit addresses and never hole-punch (tests: keeps a call
+    /// relayed on loopback).
+    pub relay_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +94,8 @@ pub enum CallError {
     Refused { peer: String, reason: String },
     #[error("could not reach any member of the room within {0:?}")]
     Unreachable(Duration),
+    #[error("relay: {0}")]
+    Relay(String),
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error(transparent)]
@@ -234,11 +252,13 @@ enum Inbound {
     },
     Media {
         peer: PeerId,
+        stream_id: u64,
         bytes: Vec<u8>,
         at_ms: u64,
     },
     MediaEnd {
         peer: PeerId,
+        stream_id: u64,
     },
     OpenFailed {
         peer: PeerId,
@@ -255,6 +275,8 @@ struct RemoteSender {
     media_ended: bool,
     recording: bool,
     first_capture_ms: Option<u64>,
+    /// The newest inbound media stream seen from this sender.
+    media_stream: u64,
 }
 
 /// Sends (frame, close-after) to a room stream's writer task.
@@ -272,6 +294,22 @@ struct PeerCtx {
     opening: bool,
     /// Room streams reopened after a handshake broke off.
     room_retries: u32,
+    /// Open connections to this peer, and whether each goes through a relay circuit.
+    conns: HashMap<ConnectionId, bool>,
+    /// The session is moving from a closed circuit to the direct connection: the next
+    /// departure and admission are not reported as a member leaving and joining.
+    migrating: bool,
+    /// When to close the relayed connections, now that a direct one exists.
+    close_relayed_at: Option<tokio::time::Instant>,
+}
+
+impl PeerCtx {
+    fn has_relayed(&self) -> bool {
+        self.conns.values().any(|r| *r)
+    }
+    fn has_direct(&self) -> bool {
+        self.conns.values().any(|r| !*r)
+    }
 }
 
 /// Reads 2-byte length-prefixed frames of at most `limit` bytes.
@@ -424,20 +462,70 @@ fn spawn_acceptors(
         }
     });
     tokio::spawn(async move {
+        let active: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
         while let Some((peer, stream)) = media_incoming.next().await {
-            spawn_media_receiver(peer, stream, inbound.clone());
+            match StreamSlot::take(&active, peer) {
+                Some(slot) => spawn_media_receiver(peer, stream, inbound.clone(), slot),
+                None => debug!(%peer, "too many media streams from one peer; dropping one"),
+            }
         }
     });
 }
 
-fn spawn_media_receiver(peer: PeerId, mut stream: Stream, inbound: mpsc::Sender<Inbound>) {
+/// Most inbound media streams one peer may hold open at once (one in use, the rest while a
+/// broken one is being replaced); beyond that new ones are dropped.
+const MAX_MEDIA_STREAMS_PER_PEER: usize = 4;
+
+/// One of a peer's inbound media stream slots; released on drop.
+struct StreamSlot {
+    active: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl StreamSlot {
+    fn take(active: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut map = active.lock().ok()?;
+        let n = map.entry(peer).or_insert(0);
+        if *n >= MAX_MEDIA_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            active: active.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.active.lock() {
+            if let Some(n) = map.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+fn spawn_media_receiver(
+    peer: PeerId,
+    mut stream: Stream,
+    inbound: mpsc::Sender<Inbound>,
+    slot: StreamSlot,
+) {
+    let stream_id = MEDIA_STREAM_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
+        let _slot = slot;
         while let Some(bytes) = read_frame(&mut stream, MAX_MEDIA_FRAME).await {
             debug!(target: WIRE_TARGET, %peer, len = bytes.len(), at_ms = now_ms(), "media frame received");
             // Never block the reader on a busy call loop: a full queue drops the frame
             // (the jitter buffer counts it as lost).
             let msg = Inbound::Media {
                 peer,
+                stream_id,
                 bytes,
                 at_ms: now_ms(),
             };
@@ -446,7 +534,7 @@ fn spawn_media_receiver(peer: PeerId, mut stream: Stream, inbound: mpsc::Sender<
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
-        let _ = inbound.send(Inbound::MediaEnd { peer }).await;
+        let _ = inbound.send(Inbound::MediaEnd { peer, stream_id }).await;
     });
 }
 
@@ -458,7 +546,17 @@ fn hex_room(ticket: &Ticket) -> String {
 pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
     let key = net::keypair(&opts.identity)?;
     let me = key.public().to_peer_id();
-    let mut swarm = net::build_swarm(key)?;
+    let mut swarm = net::build_swarm_with(
+        key,
+        net::NetConfig {
+            hole_punch: !opts.relay_only,
+        },
+    )?;
+    let mut relays = Relays::new(&opts.relays).map_err(CallError::Relay)?;
+    let namespace = rendezvous::Namespace::new(confab_protocol::crypto::rendezvous_namespace(
+        &opts.ticket.room_id,
+    ))
+    .map_err(|e| CallError::Other(e.to_string()))?;
     for addr in &opts.listen {
         swarm
             .listen_on(addr.clone())
@@ -517,7 +615,7 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
         if pid == me {
             continue;
         }
-        let addrs: Vec<Multiaddr> = info.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let addrs = usable_addrs(&info.addrs, opts.relay_only);
         bootstrap.insert(pid, addrs);
     }
     let creator = bootstrap.is_empty();
@@ -531,6 +629,14 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
     let mut next_stream_id = 0u64;
     let mut listen_addrs: Vec<Multiaddr> = Vec::new();
     let mut last_dial = tokio::time::Instant::now() - Duration::from_secs(10);
+    // Known addresses of members (ticket, Hello, rendezvous), and members whose connection
+    // broke, with the time until which we try to reach them again.
+    let mut peer_addrs: HashMap<PeerId, Vec<Multiaddr>> = bootstrap.clone();
+    let mut lost: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
+    // Circuit dials to bootstrap members refused by a relay: (count, reason).
+    let mut circuit_refusals: HashMap<PeerId, (u32, String)> = HashMap::new();
+    let mut last_discover: Option<tokio::time::Instant> = None;
+    let mut relays_failed_at: Option<tokio::time::Instant> = None;
     let mut ever_admitted = false;
     let mut refusal: Option<CallError> = None;
     let mut frames_captured = 0u64;
@@ -549,16 +655,91 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
         let now_inst = tokio::time::Instant::now();
         let now = now_ms();
 
-        // (Re)dial bootstrap members until someone is in the room with us.
-        if !ever_admitted
-            && !bootstrap.is_empty()
-            && now_inst.duration_since(last_dial) >= Duration::from_secs(1)
-        {
+        relays.poll(&mut swarm);
+        // (Re)dial bootstrap members until someone is in the room with us. With relays, wait
+        // until they have answered (a few seconds at most): circuits and hole punches need
+        // the reservation and the identify exchange with the relay first.
+        let relays_ready =
+            relays.settled() || now_inst.duration_since(started) >= Duration::from_secs(3);
+        if now_inst.duration_since(last_dial) >= Duration::from_secs(1) && relays_ready {
             last_dial = now_inst;
-            for (pid, addrs) in &bootstrap {
-                if !swarm.is_connected(pid) {
-                    let _ = swarm.dial(DialOpts::peer_id(*pid).addresses(addrs.clone()).build());
+            if !ever_admitted {
+                for (pid, addrs) in &bootstrap {
+                    if !swarm.is_connected(pid) && !addrs.is_empty() {
+                        let _ =
+                            swarm.dial(DialOpts::peer_id(*pid).addresses(addrs.clone()).build());
+                    }
                 }
+            }
+            // Members whose connection broke (a relay restart, a network change).
+            lost.retain(|_, until| now_inst < *until);
+            if sending {
+                for pid in lost.keys() {
+                    let addrs = peer_addrs.get(pid).cloned().unwrap_or_default();
+                    if !swarm.is_connected(pid) && !addrs.is_empty() {
+                        debug!(peer = %pid, "redialing a member we lost");
+                        let _ = swarm.dial(DialOpts::peer_id(*pid).addresses(addrs).build());
+                    }
+                }
+            }
+        }
+        // Stale ticket: ask the relays' rendezvous who is in the room.
+        if !ever_admitted
+            && !creator
+            && now_inst.duration_since(started) >= DISCOVER_AFTER
+            && last_discover.is_none_or(|t| now_inst.duration_since(t) >= DISCOVER_AFTER)
+        {
+            let reserved: Vec<PeerId> = relays.reserved().map(|(p, _)| p).collect();
+            if !reserved.is_empty() {
+                last_discover = Some(now_inst);
+                for relay in reserved {
+                    debug!(%relay, "looking the room up at the relay's rendezvous");
+                    swarm.behaviour_mut().rendezvous.discover(
+                        Some(namespace.clone()),
+                        None,
+                        None,
+                        relay,
+                    );
+                }
+            }
+        }
+        // Direct connections replace circuits: close the relayed ones once due.
+        for ctx in peers.values_mut() {
+            if ctx.close_relayed_at.is_some_and(|t| now_inst >= t) {
+                ctx.close_relayed_at = None;
+                close_relayed(&mut swarm, ctx);
+            }
+        }
+        // Relays that refuse us or cannot be reached: say so rather than wait in silence.
+        if !ever_admitted && !peers.values().any(|c| c.member) {
+            match relays.all_failed() {
+                Some(why) => {
+                    let since = *relays_failed_at.get_or_insert(now_inst);
+                    // A joiner may still get in directly; give it a moment.
+                    if creator
+                        || opts.relay_only
+                        || now_inst.duration_since(since) >= Duration::from_secs(3)
+                    {
+                        return Err(CallError::Relay(format!(
+                            "no relay holds a reservation for this node, so nobody can reach it: {why}"
+                        )));
+                    }
+                }
+                None => relays_failed_at = None,
+            }
+            if !bootstrap.is_empty()
+                && bootstrap.keys().all(|p| {
+                    !swarm.is_connected(p)
+                        && circuit_refusals.get(p).is_some_and(|(n, why)| {
+                            *n >= if why.contains("no reservation") { 5 } else { 2 }
+                        })
+                })
+            {
+                let why: Vec<String> = circuit_refusals.values().map(|(_, w)| w.clone()).collect();
+                return Err(CallError::Relay(format!(
+                    "cannot reach the room's members through their relays: {}",
+                    why.join("; ")
+                )));
             }
         }
         if !ever_admitted && !creator && now_inst.duration_since(started) > JOIN_TIMEOUT {
@@ -593,9 +774,10 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
         }
         if let Some(deadline) = drain_deadline {
             let all_done = peers.values().all(|c| {
-                c.remote
-                    .as_ref()
-                    .is_none_or(|r| r.media_ended && r.jitter.is_drained())
+                !c.member
+                    || c.remote
+                        .as_ref()
+                        .is_none_or(|r| r.media_ended && r.jitter.is_drained())
             });
             if all_done || now_inst >= deadline {
                 break;
@@ -611,6 +793,9 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
         if let Some(t) = room.poll_timeout() {
             wake = wake.min(to_inst(t));
         }
+        if let Some(t) = relays.next_wake() {
+            wake = wake.min(t.max(now_inst));
+        }
         for ctx in peers.values() {
             if let Some(t) = ctx.remote.as_ref().and_then(|r| r.jitter.poll_timeout()) {
                 wake = wake.min(to_inst(t));
@@ -619,7 +804,44 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
 
         tokio::select! {
             ev = swarm.select_next_some() => {
-                handle_swarm_event(ev, &me, &mut swarm, &mut peers, &bootstrap, &mut listen_addrs, &mut room, &inbound_tx, &control);
+                let change = relays.on_event(&ev, &mut swarm);
+                if let Some(relay) = change.reserved {
+                    // Members find each other here when the ticket's addresses are stale.
+                    if let Err(e) = swarm.behaviour_mut().rendezvous.register(namespace.clone(), relay, None) {
+                        debug!(%relay, error = %e, "cannot register at the relay's rendezvous");
+                    }
+                }
+                match &ev {
+                    SwarmEvent::OutgoingConnectionError { peer_id: Some(p), error, .. } if bootstrap.contains_key(p) => {
+                        let text = relays::error_chain(error);
+                        if let Some(why) = relays::refusal_reason(&text) {
+                            let e = circuit_refusals.entry(*p).or_insert((0, String::new()));
+                            e.0 += 1;
+                            e.1 = format!("{why} ({p})");
+                        }
+                        debug!(peer = %p, error = %text, "cannot reach a member");
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(rendezvous::client::Event::Discovered { registrations, .. })) => {
+                        for reg in registrations {
+                            let pid = reg.record.peer_id();
+                            if pid == me {
+                                continue;
+                            }
+                            let addrs = usable_addrs(&reg.record.addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(), opts.relay_only);
+                            info!(peer = %pid, "found a member through the relay's rendezvous");
+                            peer_addrs.insert(pid, addrs.clone());
+                            if !swarm.is_connected(&pid) {
+                                let _ = swarm.dial(DialOpts::peer_id(pid).addresses(addrs.clone()).build());
+                            }
+                            bootstrap.insert(pid, addrs);
+                        }
+                    }
+                    _ => {}
+                }
+                handle_swarm_event(ev, &me, &mut swarm, &mut peers, &relays, opts.relay_only, &mut listen_addrs, &mut room, &inbound_tx, &control);
+                if change.addrs {
+                    room.set_addrs(announced(&listen_addrs, relays.circuit_addrs(me), opts.relay_only));
+                }
             }
             Some(msg) = inbound_rx.recv() => {
                 let now = now_ms();
@@ -645,21 +867,39 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                         if let Some(ctx) = peers.get_mut(&peer) {
                             if ctx.room_stream.as_ref().is_some_and(|(id, _)| *id == stream_id) {
                                 ctx.room_stream = None;
+                                // A circuit closed after a hole punch: the session moves to
+                                // the direct connection.
+                                if ctx.punched && ctx.has_direct() && ctx.member {
+                                    ctx.migrating = true;
+                                }
                                 room.peer_disconnected(now, &peer.to_bytes());
                             }
                         }
                     }
-                    Inbound::Media { peer, bytes, at_ms } => {
+                    Inbound::Media { peer, stream_id, bytes, at_ms } => {
+                        if let Some(r) = peers.get_mut(&peer).and_then(|c| c.remote.as_mut()) {
+                            if stream_id > r.media_stream {
+                                // A newer stream (after a reconnect or a move to a direct
+                                // connection): the sender goes on.
+                                r.media_stream = stream_id;
+                                if r.media_ended {
+                                    r.media_ended = false;
+                                    r.jitter.resume();
+                                }
+                            }
+                        }
                         match room.open_media(at_ms, &peer.to_bytes(), &bytes) {
                             Ok(Some(frame)) => deliver_media(&mut peers, peer, at_ms, frame),
                             Ok(None) => {}
                             Err(e) => debug!(%peer, error = %e, "media frame dropped"),
                         }
                     }
-                    Inbound::MediaEnd { peer } => {
+                    Inbound::MediaEnd { peer, stream_id } => {
                         if let Some(r) = peers.get_mut(&peer).and_then(|c| c.remote.as_mut()) {
-                            r.media_ended = true;
-                            r.jitter.finish();
+                            if stream_id >= r.media_stream {
+                                r.media_ended = true;
+                                r.jitter.finish();
+                            }
                         }
                     }
                     Inbound::OpenFailed { peer, reason } => {
@@ -729,53 +969,82 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                     peer,
                     name,
                     recording,
-                    ..
+                    addrs,
                 } => {
                     let Some(pid) = net::peer_id(&peer) else {
                         continue;
                     };
                     ever_admitted = true;
+                    lost.remove(&pid);
+                    let hello_addrs = usable_addrs(&addrs, opts.relay_only);
+                    if !hello_addrs.is_empty() {
+                        peer_addrs.insert(pid, hello_addrs);
+                    }
                     let ctx = peers.entry(pid).or_default();
                     ctx.member = true;
-                    info!(peer = %pid, %name, recording, "member admitted");
+                    let migrated = std::mem::take(&mut ctx.migrating);
+                    if migrated {
+                        info!(peer = %pid, "member moved to the direct connection");
+                    } else {
+                        info!(peer = %pid, %name, recording, "member admitted");
+                        roster.push(RosterEvent {
+                            at_ms: now,
+                            peer: pid.to_string(),
+                            kind: "admitted".into(),
+                            detail: name.clone(),
+                        });
+                    }
                     if recording {
                         info!(peer = %pid, %name, "this member is recording the call");
                     }
-                    roster.push(RosterEvent {
-                        at_ms: now,
-                        peer: pid.to_string(),
-                        kind: "admitted".into(),
-                        detail: name.clone(),
-                    });
                     if sending {
                         let q = MediaQueue::new();
                         spawn_media_sender(control.clone(), pid, q.clone(), inbound_tx.clone());
                         ctx.media_out = Some(q);
                         sent.entry(pid).or_default();
                     }
-                    let decoder = Decoder::new()?;
-                    ctx.remote = Some(RemoteSender {
-                        name,
-                        jitter: JitterBuffer::new(JitterConfig::default()),
-                        decoder,
-                        first_seq: None,
-                        audio: Vec::new(),
-                        media_ended: false,
-                        recording,
-                        first_capture_ms: None,
-                    });
+                    if let Some(r) = ctx.remote.as_mut() {
+                        // Back after a broken connection: the same sender goes on.
+                        r.name = name;
+                        r.recording = recording;
+                    } else {
+                        let decoder = Decoder::new()?;
+                        ctx.remote = Some(RemoteSender {
+                            name,
+                            jitter: JitterBuffer::new(JitterConfig::default()),
+                            decoder,
+                            first_seq: None,
+                            audio: Vec::new(),
+                            media_ended: false,
+                            recording,
+                            first_capture_ms: None,
+                            media_stream: 0,
+                        });
+                    }
                 }
                 Event::Left { peer, reason } => {
                     let Some(pid) = net::peer_id(&peer) else {
                         continue;
                     };
-                    info!(peer = %pid, reason = ?reason, "member left");
-                    roster.push(RosterEvent {
-                        at_ms: now,
-                        peer: pid.to_string(),
-                        kind: "left".into(),
-                        detail: format!("{reason:?}"),
-                    });
+                    let migrating = peers.get(&pid).is_some_and(|c| c.migrating);
+                    // A broken connection may come back (relay restart): keep its sender
+                    // state and try to reach it again for a while.
+                    let broken =
+                        matches!(reason, LeaveReason::Disconnected | LeaveReason::TimedOut);
+                    if migrating {
+                        debug!(peer = %pid, "session closed with the circuit; reopening it on the direct connection");
+                    } else {
+                        info!(peer = %pid, reason = ?reason, "member left");
+                        roster.push(RosterEvent {
+                            at_ms: now,
+                            peer: pid.to_string(),
+                            kind: "left".into(),
+                            detail: format!("{reason:?}"),
+                        });
+                        if broken && sending && peer_addrs.contains_key(&pid) {
+                            lost.insert(pid, now_inst + RECONNECT_FOR);
+                        }
+                    }
                     if let Some(ctx) = peers.get_mut(&pid) {
                         ctx.member = false;
                         if let Some(q) = ctx.media_out.take() {
@@ -784,7 +1053,12 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                         if let Some((_, tx)) = ctx.room_stream.take() {
                             drop(tx);
                         }
-                        if let Some(mut r) = ctx.remote.take() {
+                        if migrating {
+                            maybe_open_room_stream(&me, pid, ctx, &room, &control, &inbound_tx);
+                        }
+                        if migrating || broken {
+                            // Kept: reported at the end, or continued if the member returns.
+                        } else if let Some(mut r) = ctx.remote.take() {
                             r.jitter.finish();
                             while let Some(p) = r.jitter.poll_playout(u64::MAX) {
                                 play_item(&mut r, p);
@@ -841,8 +1115,8 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                 Event::Dial(info) => {
                     if let Some(pid) = net::peer_id(&info.peer_id) {
                         if pid != me && !swarm.is_connected(&pid) {
-                            let addrs: Vec<Multiaddr> =
-                                info.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                            let addrs = usable_addrs(&info.addrs, opts.relay_only);
+                            peer_addrs.insert(pid, addrs.clone());
                             debug!(peer = %pid, "dialing a member from the roster");
                             let _ = swarm.dial(DialOpts::peer_id(pid).addresses(addrs).build());
                         } else if pid != me {
@@ -925,9 +1199,13 @@ fn maybe_open_room_stream(
     control: &libp2p_stream::Control,
     inbound: &mpsc::Sender<Inbound>,
 ) {
+    // After a hole punch, wait until the circuit is gone: libp2p-stream picks any
+    // connection to the peer, and the session must not land on the circuit again.
+    let circuit_closing = ctx.punched && ctx.has_direct() && ctx.has_relayed();
     if me.to_bytes() < peer.to_bytes()
         && ctx.room_stream.is_none()
         && !ctx.opening
+        && !circuit_closing
         && !room.knows(&peer.to_bytes())
     {
         ctx.opening = true;
@@ -982,50 +1260,128 @@ fn open_room_stream(
 fn handle_swarm_event(
     ev: SwarmEvent<BehaviourEvent>,
     me: &PeerId,
-    _swarm: &mut libp2p::Swarm<net::Behaviour>,
+    swarm: &mut libp2p::Swarm<net::Behaviour>,
     peers: &mut HashMap<PeerId, PeerCtx>,
-    _bootstrap: &HashMap<PeerId, Vec<Multiaddr>>,
+    relays: &Relays,
+    relay_only: bool,
     listen_addrs: &mut Vec<Multiaddr>,
     room: &mut Room,
     inbound: &mpsc::Sender<Inbound>,
     control: &libp2p_stream::Control,
 ) {
+    let circuits = relays.circuit_addrs(*me);
     match ev {
         SwarmEvent::NewListenAddr { address, .. } => {
-            info!(%address, "listening");
-            listen_addrs.push(address);
-            room.set_addrs(listen_addrs.iter().map(|a| a.to_string()).collect());
+            // Circuit addresses are announced from the reservations (`Relays`).
+            if !net::is_relayed(&address) {
+                info!(%address, "listening");
+                listen_addrs.push(address);
+            }
+            room.set_addrs(announced(listen_addrs, circuits, relay_only));
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            listen_addrs.retain(|a| *a != address);
+            room.set_addrs(announced(listen_addrs, circuits, relay_only));
         }
         SwarmEvent::ConnectionEstablished {
-            peer_id, endpoint, ..
+            peer_id,
+            endpoint,
+            connection_id,
+            ..
         } => {
-            let relayed = net::is_relayed(endpoint.get_remote_address());
+            if relays.is_relay(&peer_id) {
+                return;
+            }
+            let relayed = endpoint.is_relayed();
             let ctx = peers.entry(peer_id).or_default();
+            ctx.conns.insert(connection_id, relayed);
             if !relayed && ctx.relayed {
+                // A direct connection next to a circuit: a hole punch (DCUtR reports it
+                // too), or a direct dial that got through after all.
                 ctx.punched = true;
+                ctx.close_relayed_at
+                    .get_or_insert(tokio::time::Instant::now() + CIRCUIT_GRACE);
             }
             ctx.relayed = relayed && !ctx.punched;
             maybe_open_room_stream(me, peer_id, ctx, room, control, inbound);
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
-            num_established: 0,
+            connection_id,
+            num_established,
             ..
         } => {
-            room.peer_disconnected(now_ms(), &peer_id.to_bytes());
-            if let Some(ctx) = peers.get_mut(&peer_id) {
+            let Some(ctx) = peers.get_mut(&peer_id) else {
+                return;
+            };
+            ctx.conns.remove(&connection_id);
+            if num_established == 0 {
+                ctx.migrating = false;
+                room.peer_disconnected(now_ms(), &peer_id.to_bytes());
                 ctx.room_stream = None;
+            } else {
+                // The circuit is gone and the direct connection stays: reopen the session
+                // there if it broke with the circuit.
+                if ctx.punched && !ctx.has_relayed() && ctx.room_stream.is_none() {
+                    maybe_open_room_stream(me, peer_id, ctx, room, control, inbound);
+                }
             }
         }
         SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
             debug!(peer = ?peer_id, %error, "dial failed");
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) if e.result.is_ok() => {
-            info!(peer = %e.remote_peer_id, "hole punch succeeded");
-            peers.entry(e.remote_peer_id).or_default().punched = true;
-        }
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => match e.result {
+            Ok(_) => {
+                info!(peer = %e.remote_peer_id, "hole punch succeeded; moving to the direct connection");
+                let ctx = peers.entry(e.remote_peer_id).or_default();
+                ctx.punched = true;
+                ctx.relayed = false;
+                ctx.close_relayed_at = None;
+                close_relayed(swarm, ctx);
+            }
+            Err(err) => {
+                info!(peer = %e.remote_peer_id, error = %err, "hole punch failed; staying on the relay");
+            }
+        },
         _ => {}
     }
+}
+
+/// Closes `ctx`'s relayed connections (a direct one replaces them). The room and media
+/// streams on them break; the session is reopened on the direct connection.
+fn close_relayed(swarm: &mut libp2p::Swarm<net::Behaviour>, ctx: &mut PeerCtx) {
+    if !ctx.has_direct() {
+        return;
+    }
+    for (id, relayed) in &ctx.conns {
+        if *relayed {
+            debug!(connection = %id, "closing the circuit");
+            swarm.close_connection(*id);
+        }
+    }
+}
+
+/// The addresses of a ticket, Hello or rendezvous record that we will dial: all of them,
+/// or only circuit addresses with `relay_only`.
+fn usable_addrs(addrs: &[String], relay_only: bool) -> Vec<Multiaddr> {
+    addrs
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| !relay_only || net::is_relayed(a))
+        .collect()
+}
+
+/// What we announce in Hello: circuit addresses first (they work from anywhere), then the
+/// direct listen addresses, at most [`confab_protocol::wire::MAX_ADDRS`].
+fn announced(listen: &[Multiaddr], circuits: Vec<Multiaddr>, relay_only: bool) -> Vec<String> {
+    let direct = listen.iter().filter(|_| !relay_only).cloned();
+    circuits
+        .into_iter()
+        .chain(direct)
+        .map(|a| a.to_string())
+        .filter(|a| a.len() <= confab_protocol::wire::MAX_ADDR_LEN)
+        .take(confab_protocol::wire::MAX_ADDRS)
+        .collect()
 }
 
 fn flush_transmits(room: &mut Room, peers: &mut HashMap<PeerId, PeerCtx>) {
@@ -1096,7 +1452,8 @@ fn play_item(r: &mut RemoteSender, p: Playout) {
     if r.audio.len() < offset + FRAME_SAMPLES {
         r.audio.resize(offset + FRAME_SAMPLES, 0);
     }
-    r.audio[offset..offset + FRAME_SAMPLES].copy_from_slice(&pcm[..FRAME_SAMPLES.min(pcm.len())]);
+    let n = pcm.len().min(FRAME_SAMPLES);
+    r.audio[offset..offset + n].copy_from_slice(&pcm[..n]);
 }
 
 fn received_report(

@@ -65,6 +65,12 @@ pub enum Command {
     },
     /// Join a room from its ticket and talk.
     Call(CallArgs),
+    /// The community relays this account uses (reserved in every call, and put into the
+    /// tickets of rooms it creates).
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
     /// Start several nodes on this machine, hold a call, and report how it went.
     Demo {
         /// Number of participants (2 to 16).
@@ -91,6 +97,19 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RelayCommand {
+    /// Add a relay (`/ip4/…/tcp/PORT/p2p/<relay peer id>`).
+    Add { addr: Multiaddr },
+    /// Remove a relay.
+    Remove { addr: Multiaddr },
+    /// List the relays.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum RoomCommand {
     /// Create a room and print its ticket.
     Create {
@@ -100,6 +119,10 @@ pub enum RoomCommand {
         /// Address to put in the ticket instead of the listen addresses (repeatable).
         #[arg(long)]
         announce: Vec<Multiaddr>,
+        /// Community relay (`…/p2p/<relay peer id>`, repeatable; default: the account's
+        /// relays): the ticket gets a circuit address through each, besides the direct ones.
+        #[arg(long)]
+        relay: Vec<Multiaddr>,
         #[arg(long)]
         json: bool,
     },
@@ -138,6 +161,13 @@ pub struct CallArgs {
     /// Constant bitrate: every frame the same size, sent even in silence.
     #[arg(long)]
     pub cbr: bool,
+    /// Community relay to reserve a slot on (`/ip4/…/tcp/PORT/p2p/<relay peer id>`,
+    /// repeatable; default: the account's relays, see `confab relay`).
+    #[arg(long)]
+    pub relay: Vec<Multiaddr>,
+    /// Dial and announce only relay circuit addresses, never hole-punch (for tests).
+    #[arg(long, hide = true)]
+    pub relay_only: bool,
     /// Print the call report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -224,11 +254,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             RoomCommand::Create {
                 listen,
                 announce,
+                relay,
                 json,
-            } => room_create(&dir, listen, announce, json),
+            } => room_create(&dir, listen, announce, relay, json),
             RoomCommand::List { json } => room_list(&dir, json),
         },
         Command::Call(args) => call_cmd(&dir, args),
+        Command::Relay { command } => relay_cmd(&dir, command),
         Command::Demo { .. } | Command::Bench { .. } => Ok(()),
     }
 }
@@ -288,15 +320,77 @@ fn whoami(dir: &Path, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `--relay` addresses, or else the account's: checked, deduplicated.
+fn relays_or_settings(store: &Store, given: Vec<Multiaddr>) -> Result<Vec<Multiaddr>, Failure> {
+    let relays = if given.is_empty() {
+        store
+            .settings()?
+            .relays
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    } else {
+        given
+    };
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for r in relays {
+        crate::relays::check_relay_addr(&r).map_err(Failure::input)?;
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn relay_cmd(dir: &Path, command: RelayCommand) -> Result<(), Failure> {
+    let store = open_store(dir)?;
+    let mut settings = store.settings()?;
+    match command {
+        RelayCommand::Add { addr } => {
+            crate::relays::check_relay_addr(&addr).map_err(Failure::input)?;
+            let text = addr.to_string();
+            if settings.relays.contains(&text) {
+                eprintln!("relay {text} is already in the list");
+            } else {
+                settings.relays.push(text.clone());
+                store.set_settings(&settings)?;
+                eprintln!("added relay {text}");
+            }
+        }
+        RelayCommand::Remove { addr } => {
+            let text = addr.to_string();
+            let before = settings.relays.len();
+            settings.relays.retain(|r| *r != text);
+            if settings.relays.len() == before {
+                return Err(Failure::input(format!("relay {text} is not in the list")));
+            }
+            store.set_settings(&settings)?;
+            eprintln!("removed relay {text}");
+        }
+        RelayCommand::List { json } => {
+            if json {
+                println!("{}", json!(settings.relays));
+            } else {
+                for r in &settings.relays {
+                    println!("{r}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn room_create(
     dir: &Path,
     listen: Vec<Multiaddr>,
     announce: Vec<Multiaddr>,
+    relay: Vec<Multiaddr>,
     json: bool,
 ) -> Result<(), Failure> {
     let store = open_store(dir)?;
     let secret = store.require_identity()?;
     let identity = Identity::from_secret_bytes(&secret);
+    let relays = relays_or_settings(&store, relay)?;
     let listen = if listen.is_empty() {
         let port = free_port()?;
         vec![format!("/ip4/127.0.0.1/tcp/{port}")
@@ -310,6 +404,20 @@ fn room_create(
     } else {
         announce
     };
+    // Circuit addresses first: they work from behind any NAT.
+    let me = peer_id_of(&secret)?;
+    let mut addrs: Vec<String> = relays
+        .iter()
+        .map(|r| crate::relays::circuit_addr(r, me).to_string())
+        .collect();
+    addrs.extend(announce.iter().map(|a| a.to_string()));
+    if addrs.len() > confab_protocol::wire::MAX_ADDRS {
+        return Err(Failure::input(format!(
+            "a ticket holds at most {} addresses per member; this one would have {}",
+            confab_protocol::wire::MAX_ADDRS,
+            addrs.len()
+        )));
+    }
     let mut room_id = [0u8; 16];
     let mut room_secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut room_id);
@@ -319,7 +427,7 @@ fn room_create(
         room_secret,
         bootstrap: vec![PeerInfo {
             peer_id: identity.peer_id(),
-            addrs: announce.iter().map(|a| a.to_string()).collect(),
+            addrs,
         }],
     };
     let text = ticket.to_string();
@@ -398,6 +506,10 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
     let store = open_store(dir)?;
     let identity = store.require_identity()?;
     let name = store.name()?.unwrap_or_default();
+    let relays = relays_or_settings(&store, args.relay)?;
+    if args.relay_only && relays.is_empty() {
+        return Err(Failure::input("--relay-only needs at least one --relay"));
+    }
     let listen = if !args.listen.is_empty() {
         args.listen
     } else if let Some(room) = store.room(&ticket.room_id_hex())? {
@@ -430,6 +542,8 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         output_dir: args.output_dir,
         duration: args.duration.map(Duration::from_secs_f64),
         cbr: args.cbr,
+        relays,
+        relay_only: args.relay_only,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

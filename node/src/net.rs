@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use libp2p::{
-    dcutr, identify, identity::Keypair, noise, ping, relay, swarm::NetworkBehaviour, tcp, yamux,
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
+    dcutr, identify, identity::Keypair, noise, ping, relay, rendezvous,
+    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm, SwarmBuilder,
 };
 
 /// One bidirectional stream per pair of members: Noise handshake, then control messages.
@@ -17,10 +18,26 @@ pub const AGENT_PROTOCOL: &str = "/confab/1";
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
-    pub dcutr: dcutr::Behaviour,
+    /// Hole punching; off only when a test wants a call to stay relayed.
+    pub dcutr: Toggle<dcutr::Behaviour>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub stream: libp2p_stream::Behaviour,
+    /// Room discovery at relays, under a hash of the room id.
+    pub rendezvous: rendezvous::client::Behaviour,
+}
+
+/// Knobs of the swarm a call builds.
+#[derive(Debug, Clone, Copy)]
+pub struct NetConfig {
+    /// Try DCUtR hole punches over relayed connections (default on).
+    pub hole_punch: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self { hole_punch: true }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +51,11 @@ pub enum NetError {
 /// Builds a swarm for `key`: TCP (Noise + Yamux), QUIC, relay client, DCUtR, identify, ping
 /// and raw streams.
 pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+    build_swarm_with(key, NetConfig::default())
+}
+
+/// [`build_swarm`] with explicit knobs.
+pub fn build_swarm_with(key: Keypair, cfg: NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let err = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -48,7 +70,10 @@ pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
         .map_err(|e| err(&e))?
         .with_behaviour(|key, relay_client| Behaviour {
             relay_client,
-            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            dcutr: Toggle::from(
+                cfg.hole_punch
+                    .then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
+            ),
             identify: identify::Behaviour::new(
                 identify::Config::new(AGENT_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("confab/{}", env!("CARGO_PKG_VERSION"))),
@@ -59,6 +84,7 @@ pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, NetError> {
                     .with_timeout(Duration::from_secs(5)),
             ),
             stream: libp2p_stream::Behaviour::new(),
+            rendezvous: rendezvous::client::Behaviour::new(key.clone()),
         })
         .map_err(|e| err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))

@@ -475,6 +475,12 @@ impl JitterBuffer {
         self.finished = true;
     }
 
+    /// Undoes [`JitterBuffer::finish`]: the sender came back (e.g. its connection was
+    /// re-established) and frames follow again.
+    pub fn resume(&mut self) {
+        self.finished = false;
+    }
+
     /// `finish` was called and every buffered frame has been played.
     pub fn is_drained(&self) -> bool {
         self.finished && self.frames.is_empty()
