@@ -98,8 +98,9 @@ pub struct TestbedPair {
     /// Longest stretch between two frames heard correctly while the sender was talking
     /// (includes the signal's own pauses, up to about 0.5 s).
     pub longest_gap_ms: Option<f64>,
-    /// With `--restart-relay-at`: the longest gap (an upper bound on the outage the restart
-    /// caused), if audio was heard again after the restart.
+    /// With `--restart-relay-at`: if the receiver saw the sender leave after the relay was
+    /// stopped, the time from the stop to the sender's next admission (`null` if it never
+    /// came back); otherwise `longest_gap_ms`, an upper bound on the interruption.
     pub resumed_within_ms: Option<f64>,
 }
 
@@ -247,8 +248,11 @@ fn build(net: &Net, a: TestbedNat, b: TestbedNat) -> Result<(String, Endpoint, E
     Ok((relay, ea, eb))
 }
 
-/// The router's ruleset: source NAT out of `wan` (port-preserving or random per 5-tuple) and a
-/// forward filter that lets in only replies (conntrack), like a home router.
+/// The router's ruleset: source NAT out of `wan` (port-preserving or random per 5-tuple), a
+/// forward filter that lets in only replies (conntrack), and an input filter that silently
+/// drops unsolicited packets to the router — like a home router, which neither answers a
+/// stray SYN with a reset nor a stray UDP packet with an ICMP error (either would kill a hole
+/// punch whose first packet arrives before the other side's has opened the mapping).
 pub fn nat_rules(kind: TestbedNat) -> String {
     let masq = match kind {
         TestbedNat::RandomPort => "masquerade random,fully-random",
@@ -258,6 +262,7 @@ pub fn nat_rules(kind: TestbedNat) -> String {
         "table ip confab_nat {{\n\
          \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept; oifname \"wan\" {masq}; }}\n\
          \tchain forward {{ type filter hook forward priority filter; policy drop; ct state established,related accept; iifname \"lan\" oifname \"wan\" accept; }}\n\
+         \tchain input {{ type filter hook input priority filter; policy drop; ct state established,related accept; iifname {{ \"lo\", \"lan\" }} accept; }}\n\
          }}\n"
     )
 }
@@ -473,10 +478,12 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
 
     // The relay restart, if asked for.
     let mut restart = None;
+    let mut killed_ms = None;
     if let Some(at) = args.restart_relay_at {
         let when = call_start + Duration::from_secs_f64(at);
         std::thread::sleep(when.saturating_duration_since(Instant::now()));
         let down = Instant::now();
+        killed_ms = Some(confab_node::call::now_ms());
         relay.terminate(Duration::from_secs(10));
         net.untrack(relay.pid);
         let (p, peer) = start_relay(&net, &bins, &relay_ns, &relay_data, &wd.join("relay-2.log"))?;
@@ -495,6 +502,10 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
         let status = c.wait_exit(left);
         net.untrack(c.pid);
         let out = c.rest_of_stdout();
+        let _ = std::fs::write(
+            wd.join(format!("report-{}.json", c.name.replace(' ', "-"))),
+            &out,
+        );
         let parsed = serde_json::from_str::<CallReport>(out.trim()).ok();
         if parsed.is_none() {
             eprintln!("testbed: {} ended with {status:?} and no report", c.name);
@@ -510,7 +521,7 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
 
     let names: Vec<String> = eps.iter().map(|e| e.label.to_string()).collect();
     let predicted = predict_testbed_path(args.nat_b, args.nat_a).to_string();
-    let (pairs, nodes, mut ok) = analyse(&names, &reports, &predicted, args.restart_relay_at);
+    let (pairs, nodes, mut ok) = analyse(&names, &reports, &predicted, killed_ms);
 
     let relay_capture = match capture {
         Some(_) => {
@@ -589,7 +600,7 @@ fn analyse(
     names: &[String],
     reports: &[Option<CallReport>],
     predicted: &str,
-    restart_at: Option<f64>,
+    killed_ms: Option<u64>,
 ) -> (Vec<TestbedPair>, Vec<NodeUsage>, bool) {
     let mut ok = reports.iter().all(Option::is_some);
     let signals: Vec<Vec<i16>> = (0..names.len())
@@ -673,16 +684,39 @@ fn analyse(
                 }
             };
             ok &= demo::pair_ok(&pair);
+            let resumed = killed_ms.and_then(|k| resumed_ms(r, &s.peer_id, k, gap));
             pairs.push(TestbedPair {
                 pair,
                 predicted_path: predicted.to_string(),
                 longest_gap_ms: gap,
-                resumed_within_ms: restart_at.and(gap),
+                resumed_within_ms: resumed,
             });
         }
     }
     ok &= pairs.len() == names.len() * (names.len() - 1);
     (pairs, nodes, ok)
+}
+
+/// How long after the relay was stopped (`killed_ms`, Unix ms) `receiver` had `sender` back:
+/// if the receiver saw the sender leave after that moment, the time of its next admission
+/// (`None` if it never came back); otherwise the sender never left and the longest gap in
+/// what was heard bounds the interruption.
+fn resumed_ms(
+    receiver: &CallReport,
+    sender: &str,
+    killed_ms: u64,
+    gap: Option<f64>,
+) -> Option<f64> {
+    let mut events = receiver
+        .roster
+        .iter()
+        .filter(|e| e.peer == sender && e.at_ms >= killed_ms);
+    if !events.any(|e| e.kind == "left") {
+        return gap;
+    }
+    events
+        .find(|e| e.kind == "admitted")
+        .map(|e| (e.at_ms - killed_ms) as f64)
 }
 
 fn rms(x: &[i16]) -> f64 {
