@@ -48,7 +48,8 @@ const MAX_OUTPUT_SAMPLES: usize = 30 * 60 * 48_000;
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
 /// Without anyone admitted after this long, ask the relays' rendezvous for the room's members.
 const DISCOVER_AFTER: Duration = Duration::from_secs(3);
-/// After a relayed member is dialed directly, how long the circuit is kept before closing it.
+/// After a direct connection to a relayed member appears (hole punch), how long the circuit
+/// is kept before closing it, so that both ends know the direct connection first.
 const CIRCUIT_GRACE: Duration = Duration::from_millis(500);
 /// Ids of inbound media streams, so the end of an old stream is not taken for the end of a
 /// newer one from the same sender.
@@ -83,9 +84,11 @@ pub struct CallOptions {
     /// Community relays (`…/p2p/<relay id>`): reserve a slot on each and announce the
     /// circuit addresses.
     pub relays: Vec<Multiaddr>,
-    /// Dial and announce only circuit addresses and never hole-punch (tests: keeps a call
-    /// relayed on loopback).
+    /// Dial and announce only circuit addresses (tests: a call that starts relayed).
     pub relay_only: bool,
+    /// Try DCUtR hole punches over relayed connections (tests turn it off to stay relayed
+    /// on loopback).
+    pub hole_punch: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +304,10 @@ struct PeerCtx {
     migrating: bool,
     /// When to close the relayed connections, now that a direct one exists.
     close_relayed_at: Option<tokio::time::Instant>,
+    /// The room stream broke while the peer is still connected: decide at this time (once
+    /// the swarm's connection events have caught up) whether the session is moving to a
+    /// direct connection or the member is gone.
+    broken_at: Option<tokio::time::Instant>,
 }
 
 impl PeerCtx {
@@ -549,7 +556,7 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
     let mut swarm = net::build_swarm_with(
         key,
         net::NetConfig {
-            hole_punch: !opts.relay_only,
+            hole_punch: opts.hole_punch,
         },
     )?;
     let mut relays = Relays::new(&opts.relays).map_err(CallError::Relay)?;
@@ -704,10 +711,19 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
             }
         }
         // Direct connections replace circuits: close the relayed ones once due.
-        for ctx in peers.values_mut() {
+        for (pid, ctx) in peers.iter_mut() {
             if ctx.close_relayed_at.is_some_and(|t| now_inst >= t) {
                 ctx.close_relayed_at = None;
-                close_relayed(&mut swarm, ctx);
+                move_to_direct(&mut swarm, *pid, ctx, &mut room);
+            }
+            if ctx.broken_at.is_some_and(|t| now_inst >= t) {
+                ctx.broken_at = None;
+                if ctx.room_stream.is_none() && room.knows(&pid.to_bytes()) {
+                    if ctx.punched && ctx.has_direct() {
+                        ctx.migrating = true;
+                    }
+                    room.peer_disconnected(now_ms(), &pid.to_bytes());
+                }
             }
         }
         // Relays that refuse us or cannot be reached: say so rather than wait in silence.
@@ -854,6 +870,11 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                             ctx.opening = false;
                         }
                         ctx.room_stream = Some((next_stream_id, tx));
+                        // A member opening a new session replaces the old one (after a hole
+                        // punch closed the circuit it ran on): not a departure.
+                        if room.is_member(&peer.to_bytes()) {
+                            ctx.migrating = true;
+                        }
                         if let Err(e) = room.connect(now, peer.to_bytes(), initiator) {
                             warn!(%peer, error = %e, "cannot start a session");
                         }
@@ -867,12 +888,14 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                         if let Some(ctx) = peers.get_mut(&peer) {
                             if ctx.room_stream.as_ref().is_some_and(|(id, _)| *id == stream_id) {
                                 ctx.room_stream = None;
-                                // A circuit closed after a hole punch: the session moves to
-                                // the direct connection.
-                                if ctx.punched && ctx.has_direct() && ctx.member {
-                                    ctx.migrating = true;
+                                debug!(%peer, member = ctx.member, connected = swarm.is_connected(&peer), punched = ctx.punched, relayed = ctx.has_relayed(), direct = ctx.has_direct(), "room stream closed");
+                                if ctx.member && swarm.is_connected(&peer) && (ctx.punched || ctx.has_relayed()) {
+                                    // Maybe a circuit closed after a hole punch, and the
+                                    // direct connection's events are not processed yet.
+                                    ctx.broken_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                                } else {
+                                    room.peer_disconnected(now, &peer.to_bytes());
                                 }
-                                room.peer_disconnected(now, &peer.to_bytes());
                             }
                         }
                     }
@@ -1072,13 +1095,20 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                     let pid = net::peer_id(&peer)
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "unknown peer".into());
-                    warn!(peer = %pid, %reason, "admission failed");
-                    roster.push(RosterEvent {
-                        at_ms: now,
-                        peer: pid.clone(),
-                        kind: "admission_failed".into(),
-                        detail: reason.to_string(),
-                    });
+                    let migrating = net::peer_id(&peer)
+                        .and_then(|p| peers.get(&p))
+                        .is_some_and(|c| c.migrating);
+                    if migrating {
+                        debug!(peer = %pid, %reason, "a session broke while moving to the direct connection");
+                    } else {
+                        warn!(peer = %pid, %reason, "admission failed");
+                        roster.push(RosterEvent {
+                            at_ms: now,
+                            peer: pid.clone(),
+                            kind: "admission_failed".into(),
+                            detail: reason.to_string(),
+                        });
+                    }
                     if let Some((p, ctx)) =
                         net::peer_id(&peer).and_then(|p| peers.get_mut(&p).map(|c| (p, c)))
                     {
@@ -1260,7 +1290,7 @@ fn open_room_stream(
 fn handle_swarm_event(
     ev: SwarmEvent<BehaviourEvent>,
     me: &PeerId,
-    swarm: &mut libp2p::Swarm<net::Behaviour>,
+    _swarm: &mut libp2p::Swarm<net::Behaviour>,
     peers: &mut HashMap<PeerId, PeerCtx>,
     relays: &Relays,
     relay_only: bool,
@@ -1315,6 +1345,7 @@ fn handle_swarm_event(
                 return;
             };
             ctx.conns.remove(&connection_id);
+            debug!(peer = %peer_id, num_established, "connection closed");
             if num_established == 0 {
                 ctx.migrating = false;
                 room.peer_disconnected(now_ms(), &peer_id.to_bytes());
@@ -1336,8 +1367,10 @@ fn handle_swarm_event(
                 let ctx = peers.entry(e.remote_peer_id).or_default();
                 ctx.punched = true;
                 ctx.relayed = false;
-                ctx.close_relayed_at = None;
-                close_relayed(swarm, ctx);
+                // Not at once: the other side may not have finished upgrading its end of
+                // the direct connection, and would take the circuit's end for the end of
+                // the member.
+                ctx.close_relayed_at = Some(tokio::time::Instant::now() + CIRCUIT_GRACE);
             }
             Err(err) => {
                 info!(peer = %e.remote_peer_id, error = %err, "hole punch failed; staying on the relay");
@@ -1347,10 +1380,16 @@ fn handle_swarm_event(
     }
 }
 
-/// Closes `ctx`'s relayed connections (a direct one replaces them). The room and media
-/// streams on them break; the session is reopened on the direct connection.
-fn close_relayed(swarm: &mut libp2p::Swarm<net::Behaviour>, ctx: &mut PeerCtx) {
-    if !ctx.has_direct() {
+/// Closes `ctx`'s relayed connections (a direct one replaces them) and ends the session
+/// that may run on them; it is reopened (by the lower peer id) on the direct connection once
+/// the circuits are gone, and the member is not reported as leaving.
+fn move_to_direct(
+    swarm: &mut libp2p::Swarm<net::Behaviour>,
+    peer: PeerId,
+    ctx: &mut PeerCtx,
+    room: &mut Room,
+) {
+    if !ctx.has_direct() || !ctx.has_relayed() {
         return;
     }
     for (id, relayed) in &ctx.conns {
@@ -1358,6 +1397,11 @@ fn close_relayed(swarm: &mut libp2p::Swarm<net::Behaviour>, ctx: &mut PeerCtx) {
             debug!(connection = %id, "closing the circuit");
             swarm.close_connection(*id);
         }
+    }
+    if ctx.member {
+        ctx.migrating = true;
+        ctx.room_stream = None;
+        room.peer_disconnected(now_ms(), &peer.to_bytes());
     }
 }
 

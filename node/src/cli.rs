@@ -165,9 +165,12 @@ pub struct CallArgs {
     /// repeatable; default: the account's relays, see `confab relay`).
     #[arg(long)]
     pub relay: Vec<Multiaddr>,
-    /// Dial and announce only relay circuit addresses, never hole-punch (for tests).
+    /// Dial and announce only relay circuit addresses (for tests).
     #[arg(long, hide = true)]
     pub relay_only: bool,
+    /// Never try a DCUtR hole punch: relayed calls stay relayed (for tests).
+    #[arg(long, hide = true)]
+    pub no_hole_punch: bool,
     /// Print the call report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -544,6 +547,7 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         cbr: args.cbr,
         relays,
         relay_only: args.relay_only,
+        hole_punch: !args.no_hole_punch,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

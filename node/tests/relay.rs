@@ -7,8 +7,9 @@
 //! `cargo build -p confab-relay` with that profile and target directory first when the
 //! binary is missing or older than the relay's sources.
 //!
-//! On loopback a hole punch always succeeds, so the relayed calls use the hidden
-//! `confab call --relay-only` (dial and announce only circuit addresses, no DCUtR).
+//! The calls use the hidden `confab call --relay-only` (dial and announce only circuit
+//! addresses, so a call starts relayed); those that must stay relayed also pass the hidden
+//! `--no-hole-punch`, because on loopback a hole punch would succeed.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -195,8 +196,13 @@ fn create_room(dir: &Path, relay: &str) -> String {
     v["ticket"].as_str().expect("ticket").to_string()
 }
 
-/// `confab call` through `relay` only, with a constant-bitrate tone.
+/// `confab call` through `relay` only, with a constant-bitrate tone; the call stays relayed.
 fn call(dir: &Path, ticket: &str, relay: &str, seconds: u32, hz: u32) -> Child {
+    call_with(dir, ticket, relay, seconds, hz, false)
+}
+
+/// [`call`], optionally allowing a hole punch.
+fn call_with(dir: &Path, ticket: &str, relay: &str, seconds: u32, hz: u32, punch: bool) -> Child {
     let mut c = confab(dir);
     c.args([
         "call",
@@ -214,6 +220,9 @@ fn call(dir: &Path, ticket: &str, relay: &str, seconds: u32, hz: u32) -> Child {
     .arg(hz.to_string())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    if !punch {
+        c.arg("--no-hole-punch");
+    }
     c.spawn().expect("spawn confab call")
 }
 
@@ -370,4 +379,70 @@ fn a_relayed_call_resumes_within_five_seconds_of_a_relay_restart() {
             back - killed_ms
         );
     }
+}
+
+#[test]
+fn a_hole_punch_moves_the_call_off_the_relay() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let r = relay(&tmp.path().join("relay"), free_port(), &[]);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let ida = init(&a, "alice");
+    let idb = init(&b, "bob");
+    let ticket = create_room(&a, &r.addr);
+    let host = call_with(&a, &ticket, &r.addr, 8, 440, true);
+    let guest = call_with(&b, &ticket, &r.addr, 8, 660, true);
+    let ha = host.wait_with_output().expect("host");
+    let hb = guest.wait_with_output().expect("guest");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&ha.stderr),
+        String::from_utf8_lossy(&hb.stderr)
+    );
+    let ra = report(ha);
+    let rb = report(hb);
+    for (me, other, rx_report, tx_report) in [(&ida, &idb, &ra, &rb), (&idb, &ida, &rb, &ra)] {
+        let rx = received_from(rx_report, other);
+        assert_eq!(rx["path"], "punched", "{me} from {other}: {rx}\n{log}");
+        // The move to the direct connection is not a departure (only the goodbye at the end).
+        let left = rx_report["roster"]
+            .as_array()
+            .expect("roster")
+            .iter()
+            .filter(|e| e["kind"] == "left" && e["detail"] != "Left")
+            .count();
+        assert_eq!(left, 0, "{rx_report}\n{log}");
+        let sent = sent_to(tx_report, me);
+        let got = rx["frames_received"].as_u64().expect("received");
+        assert!(got as f64 >= 0.95 * sent as f64, "{got} of {sent}: {rx}");
+    }
+    assert!(log.contains("hole punch succeeded"), "{log}");
+}
+
+#[test]
+fn a_stale_ticket_is_rescued_by_the_relays_rendezvous() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let r = relay(&tmp.path().join("relay"), free_port(), &[]);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let ida = init(&a, "alice");
+    let idb = init(&b, "bob");
+    let ticket = create_room(&a, &r.addr);
+    // The same room, but the host's addresses in the ticket lead nowhere.
+    let mut stale = confab_protocol::ticket::Ticket::parse(&ticket).expect("ticket");
+    for p in &mut stale.bootstrap {
+        p.addrs = vec!["/ip4/127.0.0.1/tcp/1".into()];
+    }
+    let host = call(&a, &ticket, &r.addr, 9, 440);
+    let guest = call(&b, &stale.to_string(), &r.addr, 6, 660);
+    let hb = guest.wait_with_output().expect("guest");
+    let log = String::from_utf8_lossy(&hb.stderr).into_owned();
+    let rb = report(hb);
+    let ra = report(host.wait_with_output().expect("host"));
+    assert!(log.contains("rendezvous"), "{log}");
+    let got = received_from(&rb, &ida)["frames_received"]
+        .as_u64()
+        .expect("n");
+    assert!(got > 100, "{rb}");
+    assert!(received_from(&ra, &idb)["frames_received"].as_u64() > Some(100));
 }
