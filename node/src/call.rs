@@ -17,7 +17,7 @@ use confab_protocol::room::{AdmissionFailure, Event, LeaveReason, Room, RoomConf
 use confab_protocol::ticket::Ticket;
 use confab_protocol::wire::{length_prefixed, RejectReason, MAX_MEDIA_FRAME, MAX_ROOM_FRAME};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{rendezvous, Multiaddr, PeerId, Stream};
 use serde::{Deserialize, Serialize};
@@ -685,7 +685,23 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                     let addrs = peer_addrs.get(pid).cloned().unwrap_or_default();
                     if !swarm.is_connected(pid) && !addrs.is_empty() {
                         debug!(peer = %pid, "redialing a member we lost");
-                        let _ = swarm.dial(DialOpts::peer_id(*pid).addresses(addrs).build());
+                        // Circuit addresses on their own dial, every time: a direct address
+                        // that goes nowhere (a private address behind NAT) keeps its dial
+                        // pending for seconds, and libp2p ignores new dials to a peer that
+                        // is being dialled, which would hold the circuit back too.
+                        let (circuits, direct): (Vec<_>, Vec<_>) =
+                            addrs.into_iter().partition(net::is_relayed);
+                        if !circuits.is_empty() {
+                            let _ = swarm.dial(
+                                DialOpts::peer_id(*pid)
+                                    .condition(PeerCondition::Always)
+                                    .addresses(circuits)
+                                    .build(),
+                            );
+                        }
+                        if !direct.is_empty() {
+                            let _ = swarm.dial(DialOpts::peer_id(*pid).addresses(direct).build());
+                        }
                     }
                 }
             }
