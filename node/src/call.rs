@@ -7,6 +7,7 @@
 //! most [`MEDIA_QUEUE_FRAMES`] frames (100 ms) and drops the oldest beyond that.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -89,6 +90,8 @@ pub struct CallOptions {
     /// Try DCUtR hole punches over relayed connections (tests turn it off to stay relayed
     /// on loopback).
     pub hole_punch: bool,
+    /// Append each encoded Opus packet (2-byte big-endian length + packet) to this file.
+    pub dump_opus: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -610,6 +613,13 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
         dtx: false,
         ..EncoderConfig::default()
     })?;
+    let mut dump = match &opts.dump_opus {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| CallError::Other(format!("cannot create {}: {e}", path.display())))?,
+        )),
+        None => None,
+    };
     let pad_to = opts.cbr.then_some(CBR_PAD);
 
     // Bootstrap.
@@ -966,6 +976,16 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
             };
             frames_captured += 1;
             let packet = encoder.encode(&pcm)?;
+            if let Some(w) = dump.as_mut() {
+                let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+                if w.write_all(&len.to_be_bytes())
+                    .and_then(|()| w.write_all(&packet))
+                    .is_err()
+                {
+                    warn!("cannot write the Opus dump; stopping it");
+                    dump = None;
+                }
+            }
             let frame = match room.encrypt_media(capture_ts, &packet, pad_to) {
                 Ok(f) => f,
                 Err(e) => {
@@ -1216,6 +1236,11 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
+    if let Some(mut w) = dump.take() {
+        if let Err(e) = w.flush() {
+            warn!(error = %e, "cannot finish the Opus dump");
+        }
+    }
     write_outputs(&opts, started_ms, &heard)?;
     let (cpu_seconds, max_rss_kb) = process_usage();
     let report = CallReport {

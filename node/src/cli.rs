@@ -171,6 +171,11 @@ pub struct CallArgs {
     /// Never try a DCUtR hole punch: relayed calls stay relayed (for tests).
     #[arg(long, hide = true)]
     pub no_hole_punch: bool,
+    /// Append every Opus packet this node encodes to FILE (each a 2-byte big-endian length
+    /// and the packet): your own audio as it leaves the codec, for checking what the wire
+    /// carries.
+    #[arg(long, value_name = "FILE")]
+    pub dump_opus: Option<PathBuf>,
     /// Print the call report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -548,6 +553,7 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         relays,
         relay_only: args.relay_only,
         hole_punch: !args.no_hole_punch,
+        dump_opus: args.dump_opus,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
