@@ -12,7 +12,7 @@ use crate::cli::{free_port, Failure};
 use crate::codec::FRAME_SAMPLES;
 
 /// Largest delay searched when aligning what was sent with what was heard (100 ms).
-const MAX_LAG: usize = 4_800;
+pub const MAX_LAG: usize = 4_800;
 /// Length of the looped test signal each participant sends (matches `call --signal`).
 pub const SIGNAL_SECS: f64 = 10.0;
 
@@ -213,87 +213,101 @@ pub fn run_demo(participants: usize, seconds: f64, keep: bool) -> Result<DemoRep
 }
 
 fn analyse(nodes: &[Node], reports: &[Option<CallReport>], _seconds: f64) -> DemoReport {
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let (pairs, usage, ok) = score(&names, reports, |_, _, _| ());
+    DemoReport {
+        participants: nodes.len(),
+        pairs: pairs.into_iter().map(|(p, ())| p).collect(),
+        ok,
+        nodes: usage,
+    }
+}
+
+/// What a receiver heard from a sender, lined up with what the sender sent.
+pub struct Heard {
+    /// The sender's signal from the first frame the receiver played, `MAX_LAG` longer than
+    /// `heard`.
+    pub sent: Vec<i16>,
+    /// The receiver's recording of that sender.
+    pub heard: Vec<i16>,
+    /// Delay (samples) at which the two line up best.
+    pub lag: usize,
+}
+
+/// A node's CPU share of one core over its call, and its peak RSS.
+pub fn node_usage(name: &str, r: &CallReport) -> NodeUsage {
+    let secs = r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0;
+    NodeUsage {
+        name: name.to_string(),
+        cpu_share: if secs > 0.0 {
+            r.cpu_seconds / secs
+        } else {
+            0.0
+        },
+        max_rss_kb: r.max_rss_kb,
+    }
+}
+
+/// Scores every (sender → receiver) pair of a call whose node `i` sent
+/// `audio::test_signal(i, SIGNAL_SECS)` and recorded with `--output-dir`: frames, latency,
+/// MOS from the receiver's report, correlation from its recording. `extra` sees each pair
+/// (sender index, receiver index, what was heard if anything) and adds its own figures.
+/// Returns the pairs, the nodes' usage, and whether every pair met the targets.
+pub fn score<T>(
+    names: &[String],
+    reports: &[Option<CallReport>],
+    mut extra: impl FnMut(usize, usize, Option<&Heard>) -> T,
+) -> (Vec<(Pair, T)>, Vec<NodeUsage>, bool) {
     let mut pairs = Vec::new();
     let mut ok = reports.iter().all(Option::is_some);
-    let signals: Vec<Vec<i16>> = (0..nodes.len())
+    let signals: Vec<Vec<i16>> = (0..names.len())
         .map(|i| audio::test_signal(i, SIGNAL_SECS))
         .collect();
     let mut usage = Vec::new();
     for (ri, r) in reports.iter().enumerate() {
         let Some(r) = r else { continue };
-        let secs = (r.ended_ms.saturating_sub(r.started_ms)) as f64 / 1000.0;
-        usage.push(NodeUsage {
-            name: nodes[ri].name.clone(),
-            cpu_share: if secs > 0.0 {
-                r.cpu_seconds / secs
-            } else {
-                0.0
-            },
-            max_rss_kb: r.max_rss_kb,
-        });
+        usage.push(node_usage(&names[ri], r));
         for (si, s) in reports.iter().enumerate() {
             if si == ri {
                 continue;
             }
             let Some(s) = s else { continue };
             let frames_sent = s.sent.get(&r.peer_id).map_or(0, |x| x.frames_sent);
-            let Some(rx) = r.received.iter().find(|x| x.from == s.peer_id) else {
-                ok = false;
-                pairs.push(Pair {
-                    from: nodes[si].name.clone(),
-                    to: nodes[ri].name.clone(),
-                    path: "none".into(),
-                    frames_sent,
-                    frames_received: 0,
-                    frames_lost: 0,
-                    frames_concealed: 0,
-                    mouth_to_ear_ms: Latency {
-                        p50: None,
-                        p95: None,
-                    },
-                    mos: 1.0,
-                    correlation: 0.0,
-                });
-                continue;
-            };
-            let correlation = rx
-                .output
-                .as_ref()
-                .and_then(|p| audio::read_wav(Path::new(p)).ok())
-                .map_or(0.0, |heard| {
+            let rx = r.received.iter().find(|x| x.from == s.peer_id);
+            let heard = rx
+                .and_then(|rx| rx.output.as_ref().map(|p| (rx, p)))
+                .and_then(|(rx, p)| Some((rx, audio::read_wav(Path::new(p)).ok()?)))
+                .map(|(rx, heard)| {
                     let sig = &signals[si];
                     let start = rx.first_seq.unwrap_or(0) as usize * FRAME_SAMPLES;
                     let sent: Vec<i16> = (0..heard.len() + MAX_LAG)
                         .map(|k| sig[(start + k) % sig.len()])
                         .collect();
-                    audio::aligned_correlation(&sent, &heard, MAX_LAG).0
+                    let (correlation, lag) = audio::aligned_correlation(&sent, &heard, MAX_LAG);
+                    (correlation, Heard { sent, heard, lag })
                 });
             let pair = Pair {
-                from: nodes[si].name.clone(),
-                to: nodes[ri].name.clone(),
-                path: rx.path.clone(),
+                from: names[si].clone(),
+                to: names[ri].clone(),
+                path: rx.map_or_else(|| "none".into(), |rx| rx.path.clone()),
                 frames_sent,
-                frames_received: rx.frames_received,
-                frames_lost: rx.frames_lost,
-                frames_concealed: rx.frames_concealed,
+                frames_received: rx.map_or(0, |rx| rx.frames_received),
+                frames_lost: rx.map_or(0, |rx| rx.frames_lost),
+                frames_concealed: rx.map_or(0, |rx| rx.frames_concealed),
                 mouth_to_ear_ms: Latency {
-                    p50: rx.mouth_to_ear_p50_ms,
-                    p95: rx.mouth_to_ear_p95_ms,
+                    p50: rx.and_then(|rx| rx.mouth_to_ear_p50_ms),
+                    p95: rx.and_then(|rx| rx.mouth_to_ear_p95_ms),
                 },
-                mos: rx.mos,
-                correlation,
+                mos: rx.map_or(1.0, |rx| rx.mos),
+                correlation: heard.as_ref().map_or(0.0, |(c, _)| *c),
             };
             ok &= pair_ok(&pair);
-            pairs.push(pair);
+            let more = extra(si, ri, heard.as_ref().map(|(_, h)| h));
+            pairs.push((pair, more));
         }
     }
-    ok &= pairs.len() == nodes.len() * (nodes.len() - 1);
-    DemoReport {
-        participants: nodes.len(),
-        pairs,
-        ok,
-        nodes: usage,
-    }
+    ok &= pairs.len() == names.len() * (names.len() - 1);
+    (pairs, usage, ok)
 }
 
 /// Whether a pair meets the demo's targets.

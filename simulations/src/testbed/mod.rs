@@ -30,14 +30,12 @@ use serde::Serialize;
 use confab_node::audio;
 use confab_node::call::CallReport;
 use confab_node::codec::FRAME_SAMPLES;
-use confab_node::demo::{self, Latency, NodeUsage, Pair, SIGNAL_SECS};
+use confab_node::demo::{self, NodeUsage, Pair, SIGNAL_SECS};
 use confab_sim::nat::{predict_testbed_path, TestbedNat};
 
 use netns::Net;
 use proc::Proc;
 
-/// Largest delay searched when aligning sent and heard audio (100 ms), as in `confab demo`.
-const MAX_LAG: usize = 4_800;
 const RELAY_IP: &str = "203.0.113.1";
 const PORT: u16 = 4001;
 /// How long the relay may take to print `ready`.
@@ -595,105 +593,31 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Scores every (sender, receiver) pair as `confab demo` does, plus the gap analysis.
+/// Scores every (sender, receiver) pair as `confab demo` does (the same code), plus the gap
+/// analysis and the predicted path.
 fn analyse(
     names: &[String],
     reports: &[Option<CallReport>],
     predicted: &str,
     killed_ms: Option<u64>,
 ) -> (Vec<TestbedPair>, Vec<NodeUsage>, bool) {
-    let mut ok = reports.iter().all(Option::is_some);
-    let signals: Vec<Vec<i16>> = (0..names.len())
-        .map(|i| audio::test_signal(i, SIGNAL_SECS))
+    let (scored, nodes, ok) = demo::score(names, reports, |si, ri, heard| {
+        let gap = heard.and_then(|h| longest_gap_ms(&h.sent, &h.heard, h.lag));
+        let resumed = match (killed_ms, &reports[ri], &reports[si]) {
+            (Some(k), Some(r), Some(s)) => resumed_ms(r, &s.peer_id, k, gap),
+            _ => None,
+        };
+        (gap, resumed)
+    });
+    let pairs = scored
+        .into_iter()
+        .map(|(pair, (gap, resumed))| TestbedPair {
+            pair,
+            predicted_path: predicted.to_string(),
+            longest_gap_ms: gap,
+            resumed_within_ms: resumed,
+        })
         .collect();
-    let mut pairs = Vec::new();
-    let mut nodes = Vec::new();
-    for (ri, r) in reports.iter().enumerate() {
-        let Some(r) = r else { continue };
-        let secs = r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0;
-        nodes.push(NodeUsage {
-            name: names[ri].clone(),
-            cpu_share: if secs > 0.0 {
-                r.cpu_seconds / secs
-            } else {
-                0.0
-            },
-            max_rss_kb: r.max_rss_kb,
-        });
-        for (si, s) in reports.iter().enumerate() {
-            if si == ri {
-                continue;
-            }
-            let Some(s) = s else { continue };
-            let frames_sent = s.sent.get(&r.peer_id).map_or(0, |x| x.frames_sent);
-            let rx = r.received.iter().find(|x| x.from == s.peer_id);
-            let (pair, gap) = match rx {
-                None => (
-                    Pair {
-                        from: names[si].clone(),
-                        to: names[ri].clone(),
-                        path: "none".into(),
-                        frames_sent,
-                        frames_received: 0,
-                        frames_lost: 0,
-                        frames_concealed: 0,
-                        mouth_to_ear_ms: Latency {
-                            p50: None,
-                            p95: None,
-                        },
-                        mos: 1.0,
-                        correlation: 0.0,
-                    },
-                    None,
-                ),
-                Some(rx) => {
-                    let heard = rx
-                        .output
-                        .as_ref()
-                        .and_then(|p| audio::read_wav(Path::new(p)).ok());
-                    let (correlation, gap) = match &heard {
-                        Some(heard) => {
-                            let sig = &signals[si];
-                            let start = rx.first_seq.unwrap_or(0) as usize * FRAME_SAMPLES;
-                            let sent: Vec<i16> = (0..heard.len() + MAX_LAG)
-                                .map(|k| sig[(start + k) % sig.len()])
-                                .collect();
-                            let (c, lag) = audio::aligned_correlation(&sent, heard, MAX_LAG);
-                            (c, longest_gap_ms(&sent, heard, lag))
-                        }
-                        None => (0.0, None),
-                    };
-                    (
-                        Pair {
-                            from: names[si].clone(),
-                            to: names[ri].clone(),
-                            path: rx.path.clone(),
-                            frames_sent,
-                            frames_received: rx.frames_received,
-                            frames_lost: rx.frames_lost,
-                            frames_concealed: rx.frames_concealed,
-                            mouth_to_ear_ms: Latency {
-                                p50: rx.mouth_to_ear_p50_ms,
-                                p95: rx.mouth_to_ear_p95_ms,
-                            },
-                            mos: rx.mos,
-                            correlation,
-                        },
-                        gap,
-                    )
-                }
-            };
-            ok &= demo::pair_ok(&pair);
-            let resumed = killed_ms.and_then(|k| resumed_ms(r, &s.peer_id, k, gap));
-            pairs.push(TestbedPair {
-                pair,
-                predicted_path: predicted.to_string(),
-                longest_gap_ms: gap,
-                resumed_within_ms: resumed,
-            });
-        }
-    }
-    ok &= pairs.len() == names.len() * (names.len() - 1);
     (pairs, nodes, ok)
 }
 
