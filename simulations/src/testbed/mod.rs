@@ -635,7 +635,8 @@ fn resumed_ms(
         .roster
         .iter()
         .filter(|e| e.peer == sender && e.at_ms >= killed_ms);
-    if !events.any(|e| e.kind == "left") {
+    // A goodbye at the end of the call is not an interruption.
+    if !events.any(|e| e.kind == "left" && e.detail != "Left") {
         return gap;
     }
     events
