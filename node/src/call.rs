@@ -650,6 +650,8 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
     // broke, with the time until which we try to reach them again.
     let mut peer_addrs: HashMap<PeerId, Vec<Multiaddr>> = bootstrap.clone();
     let mut lost: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
+    // When we first dialed each member (circuit addresses wait for CIRCUIT_FALLBACK).
+    let mut first_dial: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
     // Circuit dials to bootstrap members refused by a relay: (count, reason).
     let mut circuit_refusals: HashMap<PeerId, (u32, String)> = HashMap::new();
     let mut last_discover: Option<tokio::time::Instant> = None;
@@ -683,8 +685,7 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
             if !ever_admitted {
                 for (pid, addrs) in &bootstrap {
                     if !swarm.is_connected(pid) && !addrs.is_empty() {
-                        let _ =
-                            swarm.dial(DialOpts::peer_id(*pid).addresses(addrs.clone()).build());
+                        dial_member(&mut swarm, *pid, addrs.clone(), &mut first_dial, now_inst);
                     }
                 }
             }
@@ -695,23 +696,7 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                     let addrs = peer_addrs.get(pid).cloned().unwrap_or_default();
                     if !swarm.is_connected(pid) && !addrs.is_empty() {
                         debug!(peer = %pid, "redialing a member we lost");
-                        // Circuit addresses on their own dial, every time: a direct address
-                        // that goes nowhere (a private address behind NAT) keeps its dial
-                        // pending for seconds, and libp2p ignores new dials to a peer that
-                        // is being dialled, which would hold the circuit back too.
-                        let (circuits, direct): (Vec<_>, Vec<_>) =
-                            addrs.into_iter().partition(net::is_relayed);
-                        if !circuits.is_empty() {
-                            let _ = swarm.dial(
-                                DialOpts::peer_id(*pid)
-                                    .condition(PeerCondition::Always)
-                                    .addresses(circuits)
-                                    .build(),
-                            );
-                        }
-                        if !direct.is_empty() {
-                            let _ = swarm.dial(DialOpts::peer_id(*pid).addresses(direct).build());
-                        }
+                        dial_member(&mut swarm, *pid, addrs, &mut first_dial, now_inst);
                     }
                 }
             }
@@ -873,7 +858,7 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                             info!(peer = %pid, "found a member through the relay's rendezvous");
                             peer_addrs.insert(pid, addrs.clone());
                             if !swarm.is_connected(&pid) {
-                                let _ = swarm.dial(DialOpts::peer_id(pid).addresses(addrs.clone()).build());
+                                dial_member(&mut swarm, pid, addrs.clone(), &mut first_dial, tokio::time::Instant::now());
                             }
                             bootstrap.insert(pid, addrs);
                         }
@@ -1184,7 +1169,9 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
                             let addrs = usable_addrs(&info.addrs, opts.relay_only);
                             peer_addrs.insert(pid, addrs.clone());
                             debug!(peer = %pid, "dialing a member from the roster");
-                            let _ = swarm.dial(DialOpts::peer_id(pid).addresses(addrs).build());
+                            dial_member(&mut swarm, pid, addrs, &mut first_dial, now_inst);
+                            // Keep dialing (circuits after the first second) until admitted.
+                            lost.entry(pid).or_insert(now_inst + RECONNECT_FOR);
                         } else if pid != me {
                             let ctx = peers.entry(pid).or_default();
                             maybe_open_room_stream(&me, pid, ctx, &room, &control, &inbound_tx);
@@ -1258,6 +1245,38 @@ pub async fn run_call(opts: CallOptions) -> Result<CallReport, CallError> {
         max_rss_kb,
     };
     Ok(report)
+}
+
+/// How long a member's direct addresses have before its circuit addresses are dialed too.
+const CIRCUIT_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Dials a member, preferring a direct path: direct addresses at once, circuit addresses
+/// only when there are no direct ones or from [`CIRCUIT_FALLBACK`] after the first dial on
+/// (so that a reachable member is not reached through a relay first). Circuit addresses go
+/// on a dial of their own every time: a direct address that goes nowhere (a private address
+/// behind NAT) keeps its dial pending for seconds, and libp2p ignores new dials to a peer
+/// that is being dialled, which would hold the circuit back too.
+fn dial_member(
+    swarm: &mut libp2p::Swarm<net::Behaviour>,
+    pid: PeerId,
+    addrs: Vec<Multiaddr>,
+    first_dial: &mut HashMap<PeerId, tokio::time::Instant>,
+    now: tokio::time::Instant,
+) {
+    let (circuits, direct): (Vec<_>, Vec<_>) = addrs.into_iter().partition(net::is_relayed);
+    let since = *first_dial.entry(pid).or_insert(now);
+    let circuits_due = direct.is_empty() || now.duration_since(since) >= CIRCUIT_FALLBACK;
+    if !direct.is_empty() {
+        let _ = swarm.dial(DialOpts::peer_id(pid).addresses(direct).build());
+    }
+    if !circuits.is_empty() && circuits_due {
+        let _ = swarm.dial(
+            DialOpts::peer_id(pid)
+                .condition(PeerCondition::Always)
+                .addresses(circuits)
+                .build(),
+        );
+    }
 }
 
 /// Opens the room stream to `peer` unless one exists or is being opened. The lower peer
