@@ -616,10 +616,8 @@ fn print_report(r: &call::CallReport) {
             s.frames_received,
             s.frames_lost,
             s.frames_concealed,
-            s.mouth_to_ear_p50_ms
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
-            s.mouth_to_ear_p95_ms
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
+            crate::demo::fmt_ms(s.mouth_to_ear_p50_ms),
+            crate::demo::fmt_ms(s.mouth_to_ear_p95_ms),
             s.mos,
             if s.recording { "  (was recording)" } else { "" }
         );

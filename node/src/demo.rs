@@ -57,6 +57,11 @@ pub const MIN_RECEIVED_SHARE: f64 = 0.95;
 pub const MIN_CORRELATION: f64 = 0.9;
 pub const MAX_P50_MS: f64 = 40.0;
 
+/// A latency for the tables: `12 ms`, or `-` when there is none.
+pub fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0} ms"))
+}
+
 pub fn short(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -343,12 +348,8 @@ fn print_table(r: &DemoReport) {
             p.frames_received,
             p.frames_lost,
             p.frames_concealed,
-            p.mouth_to_ear_ms
-                .p50
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
-            p.mouth_to_ear_ms
-                .p95
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
+            fmt_ms(p.mouth_to_ear_ms.p50),
+            fmt_ms(p.mouth_to_ear_ms.p95),
             p.mos,
             p.correlation,
             if pair_ok(p) { "ok" } else { "FAIL" }

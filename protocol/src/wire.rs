@@ -249,13 +249,7 @@ impl RoomFrame {
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self> {
-        if buf.len() > MAX_ROOM_FRAME {
-            return Err(Error::TooLong {
-                what: "room frame",
-                len: buf.len(),
-                limit: MAX_ROOM_FRAME,
-            });
-        }
+        check_len("room frame", buf.len(), MAX_ROOM_FRAME)?;
         let mut r = Reader::new(buf);
         let kind = r.u8()?;
         let rest = r.bytes(r.remaining())?;
@@ -273,6 +267,37 @@ impl RoomFrame {
     }
 }
 
+/// An address list: a count, then each address as short bytes. Addresses over
+/// [`MAX_ADDR_LEN`] are left out and at most [`MAX_ADDRS`] are written.
+fn write_addrs(w: &mut Writer, addrs: &[String]) {
+    let addrs: Vec<&String> = addrs
+        .iter()
+        .filter(|a| a.len() <= MAX_ADDR_LEN)
+        .take(MAX_ADDRS)
+        .collect();
+    w.u8(addrs.len() as u8);
+    for a in addrs {
+        w.short_bytes(a.as_bytes());
+    }
+}
+
+fn read_addrs(r: &mut Reader<'_>) -> Result<Vec<String>> {
+    let n = r.count("address list", MAX_ADDRS)?;
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        addrs.push(r.short_str("address", MAX_ADDR_LEN)?);
+    }
+    Ok(addrs)
+}
+
+/// `Err(TooLong)` when `len` exceeds `limit`.
+fn check_len(what: &'static str, len: usize, limit: usize) -> Result<()> {
+    if len > limit {
+        return Err(Error::TooLong { what, len, limit });
+    }
+    Ok(())
+}
+
 /// A peer and the addresses it can be reached at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerInfo {
@@ -285,16 +310,7 @@ pub struct PeerInfo {
 impl PeerInfo {
     pub(crate) fn write(&self, w: &mut Writer) {
         w.short_bytes(&self.peer_id);
-        let addrs: Vec<&String> = self
-            .addrs
-            .iter()
-            .filter(|a| a.len() <= MAX_ADDR_LEN)
-            .take(MAX_ADDRS)
-            .collect();
-        w.u8(addrs.len() as u8);
-        for a in addrs {
-            w.short_bytes(a.as_bytes());
-        }
+        write_addrs(w, &self.addrs);
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self> {
@@ -302,11 +318,7 @@ impl PeerInfo {
         if peer_id.is_empty() {
             return Err(Error::Malformed("empty peer id"));
         }
-        let n = r.count("address list", MAX_ADDRS)?;
-        let mut addrs = Vec::with_capacity(n);
-        for _ in 0..n {
-            addrs.push(r.short_str("address", MAX_ADDR_LEN)?);
-        }
+        let addrs = read_addrs(r)?;
         Ok(Self { peer_id, addrs })
     }
 }
@@ -353,15 +365,7 @@ impl Control {
                 w.u8(1)
                     .short_bytes(truncate_utf8(name, MAX_NAME).as_bytes())
                     .u8(u8::from(*recording));
-                let addrs: Vec<&String> = addrs
-                    .iter()
-                    .filter(|a| a.len() <= MAX_ADDR_LEN)
-                    .take(MAX_ADDRS)
-                    .collect();
-                w.u8(addrs.len() as u8);
-                for a in addrs {
-                    w.short_bytes(a.as_bytes());
-                }
+                write_addrs(&mut w, addrs);
             }
             Control::Roster { members } => {
                 w.u8(2);
@@ -397,11 +401,7 @@ impl Control {
             1 => {
                 let name = r.short_str("name", MAX_NAME)?;
                 let recording = read_bool(&mut r)?;
-                let n = r.count("address list", MAX_ADDRS)?;
-                let mut addrs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    addrs.push(r.short_str("address", MAX_ADDR_LEN)?);
-                }
+                let addrs = read_addrs(&mut r)?;
                 Control::Hello {
                     name,
                     addrs,
@@ -502,13 +502,7 @@ impl MediaFrame {
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self> {
-        if buf.len() > MAX_MEDIA_FRAME {
-            return Err(Error::TooLong {
-                what: "media frame",
-                len: buf.len(),
-                limit: MAX_MEDIA_FRAME,
-            });
-        }
+        check_len("media frame", buf.len(), MAX_MEDIA_FRAME)?;
         let mut r = Reader::new(buf);
         let header = MediaHeader::decode(&mut r)?;
         if r.remaining() < 16 {

@@ -707,16 +707,11 @@ pub fn print_table(r: &TestbedReport) {
             p.frames_received,
             p.frames_lost,
             p.frames_concealed,
-            p.mouth_to_ear_ms
-                .p50
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
-            p.mouth_to_ear_ms
-                .p95
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
+            demo::fmt_ms(p.mouth_to_ear_ms.p50),
+            demo::fmt_ms(p.mouth_to_ear_ms.p95),
             p.mos,
             p.correlation,
-            tp.longest_gap_ms
-                .map_or("-".into(), |v| format!("{v:.0} ms")),
+            demo::fmt_ms(tp.longest_gap_ms),
             if demo::pair_ok(p) { "ok" } else { "FAIL" }
         );
     }
