@@ -565,17 +565,7 @@ fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         &store,
         crate::history::EXPIRY_PERIOD,
         call::now_ms,
-        || {
-            // The call loop runs as a task on the worker pool rather than on this thread,
-            // so that its hand-offs with the stream tasks mostly stay on one worker.
-            runtime.block_on(async {
-                tokio::spawn(call::run_call(opts))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(call::CallError::Other(format!("the call task failed: {e}")))
-                    })
-            })
-        },
+        || runtime.block_on(call::run_call(opts)),
     )
     .map_err(|e| Failure {
         code: e.exit_code(),
