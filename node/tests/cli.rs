@@ -1,6 +1,9 @@
 //! End-to-end tests of the `confab` binary: real processes, real libp2p on loopback, real
 //! sled files, real Opus.
 
+mod common;
+use common::*;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -8,46 +11,8 @@ use std::time::{Duration, Instant};
 use confab_protocol::ticket::Ticket;
 use serde_json::Value;
 
-/// The tests that run several nodes take turns: on a 2-core machine, two multi-process calls
-/// at once would measure the scheduler, not confab.
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn confab(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_confab"));
-    c.arg("--data-dir").arg(dir).env_remove("CONFAB_DATA_DIR");
-    c
-}
-
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().expect("run confab");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        c,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn init(dir: &Path, name: &str) -> String {
-    let mut c = confab(dir);
-    c.args(["init", "--name", name]);
-    run_ok(c);
-    let mut c = confab(dir);
-    c.args(["whoami", "--json"]);
-    let v: Value = serde_json::from_str(&run_ok(c)).expect("whoami json");
-    v["peer_id"].as_str().expect("peer id").to_string()
-}
-
 fn create_room(dir: &Path) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = free_port();
     let mut c = confab(dir);
     c.args(["room", "create", "--json", "--listen"])
         .arg(format!("/ip4/127.0.0.1/tcp/{port}"));
@@ -148,6 +113,7 @@ fn a_ticket_with_another_secret_is_refused_and_members_log_it() {
 
 #[test]
 fn bad_tickets_and_inputs_exit_with_code_2() {
+    let _turn = heavy();
     let tmp = tempfile::tempdir().expect("tmp");
     init(tmp.path(), "x");
     let ticket = create_room(tmp.path());

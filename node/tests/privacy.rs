@@ -2,6 +2,9 @@
 //! account lifecycle on the local store (export/import, delete, history, passphrase), damaged
 //! stores, recording notices, constant-bitrate media on the wire, and whom a node talks to.
 
+mod common;
+use common::*;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,65 +13,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Tests that run calls take turns (a 2-core machine).
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn confab(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_confab"));
-    c.arg("--data-dir")
-        .arg(dir)
-        .env_remove("CONFAB_DATA_DIR")
-        .env_remove("CONFAB_PASSPHRASE")
-        .env_remove("CONFAB_NEW_PASSPHRASE")
-        .stdin(Stdio::null());
-    c
-}
-
 fn run(mut c: Command) -> Output {
     c.output().expect("run confab")
 }
 
-fn run_ok(c: Command) -> String {
-    let dbg = format!("{c:?}");
-    let out = run(c);
-    assert!(
-        out.status.success(),
-        "{dbg} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn init(dir: &Path, name: &str) -> String {
-    let mut c = confab(dir);
-    c.args(["init", "--name", name]);
-    run_ok(c);
-    whoami(dir, None)
-}
-
-fn whoami(dir: &Path, passphrase: Option<&str>) -> String {
-    let mut c = confab(dir);
-    c.args(["whoami", "--json"]);
-    if let Some(p) = passphrase {
-        c.env("CONFAB_PASSPHRASE", p);
-    }
-    let v: Value = serde_json::from_str(&run_ok(c)).expect("whoami json");
-    v["peer_id"].as_str().expect("peer id").to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 fn create_room(dir: &Path, port: u16) -> String {

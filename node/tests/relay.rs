@@ -11,19 +11,15 @@
 //! addresses, so a call starts relayed); those that must stay relayed also pass the hidden
 //! `--no-hole-punch`, because on loopback a hole punch would succeed.
 
+mod common;
+use common::*;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-
-/// Multi-process tests take turns (see tests/cli.rs).
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -100,13 +96,6 @@ fn stale(bin: &Path) -> bool {
         .map_or(true, |built| built < src)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 struct Relay {
     child: Child,
     /// `/ip4/127.0.0.1/tcp/PORT/p2p/<id>`
@@ -159,32 +148,6 @@ fn relay(data_dir: &Path, port: u16, extra: &[&str]) -> Relay {
         addr: format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
         ready_ms,
     }
-}
-
-fn confab(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_confab"));
-    c.arg("--data-dir").arg(dir).env_remove("CONFAB_DATA_DIR");
-    c
-}
-
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().expect("run confab");
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn init(dir: &Path, name: &str) -> String {
-    let mut c = confab(dir);
-    c.args(["init", "--name", name]);
-    run_ok(c);
-    let mut c = confab(dir);
-    c.args(["whoami", "--json"]);
-    let v: Value = serde_json::from_str(&run_ok(c)).expect("whoami json");
-    v["peer_id"].as_str().expect("peer id").to_string()
 }
 
 /// A room whose ticket has a circuit address through `relay` besides the direct one.
