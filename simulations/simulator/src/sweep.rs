@@ -62,6 +62,9 @@ pub const DEFAULT_METRICS: &[&str] = &[
     "room.rekey_messages_per_change",
 ];
 
+/// One sweep's rows: each grid point's values and its summary as JSON.
+type Rows = Vec<(Vec<String>, serde_json::Value)>;
+
 /// Runs the grid (the cartesian product of the params) in parallel; writes each run into
 /// `out/<i>/`, a `sweep.csv` and one plot per metric against the first parameter.
 pub fn sweep(
@@ -71,19 +74,8 @@ pub fn sweep(
     seed: Option<u64>,
     metrics: &[String],
     out: &FsPath,
-) -> Result<Vec<(Vec<String>, serde_json::Value)>> {
-    let mut grid: Vec<Vec<String>> = vec![Vec::new()];
-    for p in params {
-        let mut next = Vec::new();
-        for g in &grid {
-            for v in &p.values {
-                let mut g = g.clone();
-                g.push(v.clone());
-                next.push(g);
-            }
-        }
-        grid = next;
-    }
+) -> Result<Rows> {
+    let grid = grid(params);
     let mut scenarios = Vec::new();
     for g in &grid {
         let mut text = src.to_string();
@@ -117,6 +109,34 @@ pub fn sweep(
     } else {
         metrics.to_vec()
     };
+    write_csv(params, &metrics, &rows, out)?;
+    if let Some(first) = params.first() {
+        for m in &metrics {
+            plot_metric(params, first, m, &rows, out)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The cartesian product of the params' values, the first param varying slowest.
+fn grid(params: &[Param]) -> Vec<Vec<String>> {
+    let mut grid: Vec<Vec<String>> = vec![Vec::new()];
+    for p in params {
+        let mut next = Vec::new();
+        for g in &grid {
+            for v in &p.values {
+                let mut g = g.clone();
+                g.push(v.clone());
+                next.push(g);
+            }
+        }
+        grid = next;
+    }
+    grid
+}
+
+/// `sweep.csv`: one line per run, its parameter values and metrics.
+fn write_csv(params: &[Param], metrics: &[String], rows: &Rows, out: &FsPath) -> Result<()> {
     let mut csv = String::from("run,");
     csv.push_str(
         &params
@@ -125,14 +145,14 @@ pub fn sweep(
             .collect::<Vec<_>>()
             .join(","),
     );
-    for m in &metrics {
+    for m in metrics {
         csv.push(',');
         csv.push_str(m);
     }
     csv.push('\n');
     for (i, (g, v)) in rows.iter().enumerate() {
         csv.push_str(&format!("{i:03},{}", g.join(",")));
-        for m in &metrics {
+        for m in metrics {
             csv.push(',');
             if let Some(x) = metric(v, m) {
                 csv.push_str(&x.to_string());
@@ -141,42 +161,40 @@ pub fn sweep(
         csv.push('\n');
     }
     let p = out.join("sweep.csv");
-    std::fs::write(&p, csv).map_err(|e| Error::io(&p, e))?;
-    // One plot per metric against the first parameter (one line per value of the others).
-    if let Some(first) = params.first() {
-        for m in &metrics {
-            let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> =
-                std::collections::BTreeMap::new();
-            for (g, v) in &rows {
-                let (Ok(x), Some(y)) = (g[0].parse::<f64>(), metric(v, m)) else {
-                    continue;
-                };
-                let rest: Vec<String> = params
-                    .iter()
-                    .zip(g)
-                    .skip(1)
-                    .map(|(p, v)| format!("{}={v}", p.key))
-                    .collect();
-                let name = if rest.is_empty() {
-                    m.clone()
-                } else {
-                    rest.join(" ")
-                };
-                series.entry(name).or_default().push((x, y));
-            }
-            if series.is_empty() {
-                continue;
-            }
-            let s: Vec<Series> = series
-                .into_iter()
-                .map(|(n, mut pts)| {
-                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    Series::new(&n, pts)
-                })
-                .collect();
-            let stem = out.join(format!("sweep-{}", m.replace('.', "_")));
-            line_chart(&stem, &format!("{m} vs {}", first.key), &first.key, m, &s)?;
-        }
+    std::fs::write(&p, csv).map_err(|e| Error::io(&p, e))
+}
+
+/// One plot of metric `m` against the first parameter (one line per value of the others).
+fn plot_metric(params: &[Param], first: &Param, m: &str, rows: &Rows, out: &FsPath) -> Result<()> {
+    let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> =
+        std::collections::BTreeMap::new();
+    for (g, v) in rows {
+        let (Ok(x), Some(y)) = (g[0].parse::<f64>(), metric(v, m)) else {
+            continue;
+        };
+        let rest: Vec<String> = params
+            .iter()
+            .zip(g)
+            .skip(1)
+            .map(|(p, v)| format!("{}={v}", p.key))
+            .collect();
+        let name = if rest.is_empty() {
+            m.to_string()
+        } else {
+            rest.join(" ")
+        };
+        series.entry(name).or_default().push((x, y));
     }
-    Ok(rows)
+    if series.is_empty() {
+        return Ok(());
+    }
+    let s: Vec<Series> = series
+        .into_iter()
+        .map(|(n, mut pts)| {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series::new(&n, pts)
+        })
+        .collect();
+    let stem = out.join(format!("sweep-{}", m.replace('.', "_")));
+    line_chart(&stem, &format!("{m} vs {}", first.key), &first.key, m, &s)
 }

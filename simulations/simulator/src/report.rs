@@ -245,36 +245,58 @@ pub fn summary_json(s: &Summary) -> Result<Vec<u8>> {
 pub fn write_all(out: &RunOutput, dir: &FsPath) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     write(&dir.join("summary.json"), &summary_json(&out.summary)?)?;
+    write_series(out, dir)?;
+    let s = &out.summary;
+    if !s.nat_pairs.is_empty() {
+        write_nat_pairs(&s.nat_pairs, dir)?;
+    }
+    plot_connections(out, dir)?;
+    if let Some(m) = &s.media {
+        write_by_room_size(&m.by_room_size, dir)?;
+        if m.by_room_size.len() > 1 {
+            plot_by_room_size(&m.by_room_size, dir)?;
+        }
+    }
+    if !out.join_to_audio.is_empty() {
+        plot_join_to_audio(&out.join_to_audio, dir)?;
+    }
+    Ok(())
+}
+
+fn write_series(out: &RunOutput, dir: &FsPath) -> Result<()> {
     let mut csv = String::from(SeriesRow::HEADER);
     csv.push('\n');
     for r in &out.series {
         csv.push_str(&r.csv());
         csv.push('\n');
     }
-    write(&dir.join("series.csv"), csv.as_bytes())?;
-    let s = &out.summary;
-    if !s.nat_pairs.is_empty() {
-        let mut c = String::from(
-            "dialer,listener,predicted,attempts,direct,punched,relayed,failed,holepunch_success_rate\n",
-        );
-        for p in &s.nat_pairs {
-            c.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{}\n",
-                p.dialer,
-                p.listener,
-                p.predicted,
-                p.attempts,
-                p.direct,
-                p.punched,
-                p.relayed,
-                p.failed,
-                p.holepunch_success_rate
-                    .map(|x| x.to_string())
-                    .unwrap_or_default()
-            ));
-        }
-        write(&dir.join("nat_pairs.csv"), c.as_bytes())?;
+    write(&dir.join("series.csv"), csv.as_bytes())
+}
+
+fn write_nat_pairs(pairs: &[NatPair], dir: &FsPath) -> Result<()> {
+    let mut c = String::from(
+        "dialer,listener,predicted,attempts,direct,punched,relayed,failed,holepunch_success_rate\n",
+    );
+    for p in pairs {
+        c.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            p.dialer,
+            p.listener,
+            p.predicted,
+            p.attempts,
+            p.direct,
+            p.punched,
+            p.relayed,
+            p.failed,
+            p.holepunch_success_rate
+                .map(|x| x.to_string())
+                .unwrap_or_default()
+        ));
     }
+    write(&dir.join("nat_pairs.csv"), c.as_bytes())
+}
+
+fn plot_connections(out: &RunOutput, dir: &FsPath) -> Result<()> {
     let t: Vec<f64> = out.series.iter().map(|r| r.t_s).collect();
     let col = |f: fn(&SeriesRow) -> u64| -> Vec<(f64, f64)> {
         t.iter()
@@ -284,7 +306,7 @@ pub fn write_all(out: &RunOutput, dir: &FsPath) -> Result<()> {
     };
     line_chart(
         &dir.join("connections"),
-        &format!("{}: open connections by path", s.scenario),
+        &format!("{}: open connections by path", out.summary.scenario),
         "simulated time (s)",
         "connections",
         &[
@@ -293,83 +315,84 @@ pub fn write_all(out: &RunOutput, dir: &FsPath) -> Result<()> {
             Series::new("relayed", col(|r| r.conns_relayed)),
             Series::new("relay circuits", col(|r| r.circuits)),
         ],
+    )
+}
+
+fn write_by_room_size(rows: &[SizeRow], dir: &FsPath) -> Result<()> {
+    let mut c = String::from("room_size,rooms,streams,upload_kbps_per_participant,mouth_to_ear_p50_ms,mouth_to_ear_p95_ms,mos_mean,mos_min,frames_sent,frames_played,frames_lost_ratio,frames_dropped_at_sender\n");
+    let o = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
+    for r in rows {
+        c.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.room_size,
+            r.rooms,
+            r.streams,
+            r.upload_kbps_per_participant,
+            o(r.mouth_to_ear_p50_ms),
+            o(r.mouth_to_ear_p95_ms),
+            o(r.mos_mean),
+            o(r.mos_min),
+            r.frames_sent,
+            r.frames_played,
+            r.frames_lost_ratio,
+            r.frames_dropped_at_sender
+        ));
+    }
+    write(&dir.join("by_room_size.csv"), c.as_bytes())
+}
+
+fn plot_by_room_size(rows: &[SizeRow], dir: &FsPath) -> Result<()> {
+    let pts = |f: fn(&SizeRow) -> Option<f64>| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| f(r).map(|y| (f64::from(r.room_size), y)))
+            .collect()
+    };
+    line_chart(
+        &dir.join("upload_vs_room_size"),
+        "upload per participant vs room size (full mesh)",
+        "room size (members)",
+        "upload (kbit/s)",
+        &[Series::new(
+            "upload kbit/s",
+            pts(|r| Some(r.upload_kbps_per_participant)),
+        )],
     )?;
-    if let Some(m) = &s.media {
-        let mut c = String::from("room_size,rooms,streams,upload_kbps_per_participant,mouth_to_ear_p50_ms,mouth_to_ear_p95_ms,mos_mean,mos_min,frames_sent,frames_played,frames_lost_ratio,frames_dropped_at_sender\n");
-        let o = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
-        for r in &m.by_room_size {
-            c.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{}\n",
-                r.room_size,
-                r.rooms,
-                r.streams,
-                r.upload_kbps_per_participant,
-                o(r.mouth_to_ear_p50_ms),
-                o(r.mouth_to_ear_p95_ms),
-                o(r.mos_mean),
-                o(r.mos_min),
-                r.frames_sent,
-                r.frames_played,
-                r.frames_lost_ratio,
-                r.frames_dropped_at_sender
-            ));
-        }
-        write(&dir.join("by_room_size.csv"), c.as_bytes())?;
-        if m.by_room_size.len() > 1 {
-            let pts = |f: fn(&SizeRow) -> Option<f64>| -> Vec<(f64, f64)> {
-                m.by_room_size
-                    .iter()
-                    .filter_map(|r| f(r).map(|y| (f64::from(r.room_size), y)))
-                    .collect()
-            };
-            line_chart(
-                &dir.join("upload_vs_room_size"),
-                "upload per participant vs room size (full mesh)",
-                "room size (members)",
-                "upload (kbit/s)",
-                &[Series::new(
-                    "upload kbit/s",
-                    pts(|r| Some(r.upload_kbps_per_participant)),
-                )],
-            )?;
-            line_chart(
-                &dir.join("latency_vs_room_size"),
-                "mouth-to-ear latency vs room size",
-                "room size (members)",
-                "ms",
-                &[
-                    Series::new("p50", pts(|r| r.mouth_to_ear_p50_ms)),
-                    Series::new("p95", pts(|r| r.mouth_to_ear_p95_ms)),
-                ],
-            )?;
-            line_chart(
-                &dir.join("mos_vs_room_size"),
-                "E-model MOS vs room size",
-                "room size (members)",
-                "MOS",
-                &[
-                    Series::new("mean", pts(|r| r.mos_mean)),
-                    Series::new("min", pts(|r| r.mos_min)),
-                ],
-            )?;
-        }
-    }
-    if !out.join_to_audio.is_empty() {
-        let mut v = out.join_to_audio.clone();
-        v.sort_by(f64::total_cmp);
-        let n = v.len() as f64;
-        let cdf: Vec<(f64, f64)> = v
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (*x, (i + 1) as f64 / n))
-            .collect();
-        line_chart(
-            &dir.join("join_to_audio_cdf"),
-            "time from join to first decryptable audio (CDF)",
-            "ms",
-            "share of joins",
-            &[Series::new("CDF", cdf)],
-        )?;
-    }
-    Ok(())
+    line_chart(
+        &dir.join("latency_vs_room_size"),
+        "mouth-to-ear latency vs room size",
+        "room size (members)",
+        "ms",
+        &[
+            Series::new("p50", pts(|r| r.mouth_to_ear_p50_ms)),
+            Series::new("p95", pts(|r| r.mouth_to_ear_p95_ms)),
+        ],
+    )?;
+    line_chart(
+        &dir.join("mos_vs_room_size"),
+        "E-model MOS vs room size",
+        "room size (members)",
+        "MOS",
+        &[
+            Series::new("mean", pts(|r| r.mos_mean)),
+            Series::new("min", pts(|r| r.mos_min)),
+        ],
+    )
+}
+
+fn plot_join_to_audio(join_to_audio: &[f64], dir: &FsPath) -> Result<()> {
+    let mut v = join_to_audio.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let cdf: Vec<(f64, f64)> = v
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (*x, (i + 1) as f64 / n))
+        .collect();
+    line_chart(
+        &dir.join("join_to_audio_cdf"),
+        "time from join to first decryptable audio (CDF)",
+        "ms",
+        "share of joins",
+        &[Series::new("CDF", cdf)],
+    )
 }

@@ -297,6 +297,7 @@ pub fn payloads(pcap: &[u8]) -> Result<(usize, Vec<Vec<u8>>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

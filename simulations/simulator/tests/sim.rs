@@ -1,13 +1,18 @@
 //! End-to-end tests of the simulator on the real scenario files, scaled down where needed.
 
+// Tests may panic on what they did not expect.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
-use confab_sim::report::summary_json;
-use confab_sim::scenario::{override_param, Scenario};
-use confab_sim::sim::run;
+use confab_simulator::report::summary_json;
+use confab_simulator::scenario::{override_param, Scenario};
+use confab_simulator::sim::run;
 
 fn scenario_text(name: &str) -> String {
+    // simulations/simulator -> simulations/scenarios
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("scenarios")
         .join(name);
     std::fs::read_to_string(&p).expect("scenario file")
@@ -176,7 +181,7 @@ fn run_writes_json_csv_svg_and_png() {
     );
     let out = run(&sc, None, &mut |_, _| {});
     let dir = tempfile::tempdir().expect("tmp");
-    confab_sim::report::write_all(&out, dir.path()).expect("write");
+    confab_simulator::report::write_all(&out, dir.path()).expect("write");
     for f in [
         "summary.json",
         "series.csv",
@@ -203,8 +208,8 @@ fn sweep_runs_the_grid_and_plots_against_the_parameter() {
     let text = override_param(&text, "duration_s", "12.0").expect("o");
     let dir = tempfile::tempdir().expect("tmp");
     let params =
-        vec![confab_sim::sweep::Param::parse("nat.attempt_failure=0.0,0.5").expect("param")];
-    let rows = confab_sim::sweep::sweep(
+        vec![confab_simulator::sweep::Param::parse("nat.attempt_failure=0.0,0.5").expect("param")];
+    let rows = confab_simulator::sweep::sweep(
         &text,
         "nat-census",
         &params,
@@ -279,4 +284,26 @@ fn bad_scenarios_name_the_field_and_the_line() {
         .to_string();
     assert!(e.contains("nat.mix.eim-xdf"), "{e}");
     assert!(!e.contains("x.toml:0:"), "{e}");
+}
+
+#[test]
+fn a_minimal_inline_scenario_runs_as_in_the_crate_docs() {
+    // The text of the embedding example in src/lib.rs: everything else is defaulted.
+    let text = r#"
+name = "two"
+duration_s = 20.0
+[nat.mix]
+public = 1.0
+[[rooms]]
+count = 1
+size = 2
+"#;
+    let text = override_param(text, "rooms.0.size", "4").expect("override");
+    let out = run(
+        &Scenario::parse(&text, "two").expect("parse"),
+        None,
+        &mut |_, _| {},
+    );
+    assert_eq!(out.summary.nodes, 4);
+    assert_eq!(out.summary.room.admissions, 4 * 3);
 }

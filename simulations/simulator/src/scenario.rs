@@ -474,32 +474,46 @@ impl Scenario {
             .sum()
     }
 
-    /// Every range check, as (field path, message).
+    /// Every range check, as (field path, message), in a fixed order (the first one is
+    /// the one reported).
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut e: Vec<(String, String)> = Vec::new();
-        let mut bad = |f: &str, m: &str| e.push((f.to_string(), m.to_string()));
-        let pos = |v: f64| v.is_finite() && v > 0.0;
-        let nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        let prob = |v: f64| (0.0..=1.0).contains(&v);
+        self.check_run(&mut e);
+        self.check_network(&mut e);
+        self.check_nat(&mut e);
+        self.check_relays(&mut e);
+        self.check_room(&mut e);
+        self.check_groups(&mut e);
+        self.check_media(&mut e);
+        self.check_churn(&mut e);
+        self.check_output_and_distributions(&mut e);
+        e
+    }
+
+    fn check_run(&self, e: &mut Vec<(String, String)>) {
         if !pos(self.duration_s) || self.duration_s > 86_400.0 {
-            bad("duration_s", "must be > 0 and at most 86400");
+            bad(e, "duration_s", "must be > 0 and at most 86400");
         }
         if !(1..=64).contains(&self.shards) {
-            bad("shards", "must be between 1 and 64");
+            bad(e, "shards", "must be between 1 and 64");
         } else if self.relays.count < self.shards {
             bad(
+                e,
                 "relays.count",
                 "must be at least `shards` (relays are split among shards)",
             );
         }
+    }
+
+    fn check_network(&self, e: &mut Vec<(String, String)>) {
         if !(1.0..=16.0).contains(&self.network.setup_rtts) {
-            bad("network.setup_rtts", "must be between 1 and 16");
+            bad(e, "network.setup_rtts", "must be between 1 and 16");
         }
         if self.network.packet_overhead_bytes > 1000 {
-            bad("network.packet_overhead_bytes", "must be at most 1000");
+            bad(e, "network.packet_overhead_bytes", "must be at most 1000");
         }
         if !nonneg(self.access.queue_ms) {
-            bad("access.queue_ms", "must be >= 0");
+            bad(e, "access.queue_ms", "must be >= 0");
         }
         let ge = &self.access.loss;
         for (name, v) in [
@@ -510,6 +524,7 @@ impl Scenario {
         ] {
             if !prob(v) {
                 bad(
+                    e,
                     &format!("access.loss.{name}"),
                     "must be a probability in [0, 1]",
                 );
@@ -517,127 +532,156 @@ impl Scenario {
         }
         if ge.p_good_to_bad > 0.0 && ge.p_bad_to_good <= 0.0 {
             bad(
+                e,
                 "access.loss.p_bad_to_good",
                 "must be > 0 when the bad state can be entered",
             );
         }
+    }
+
+    fn check_nat(&self, e: &mut Vec<(String, String)>) {
         if self.nat.mix.is_empty() {
-            bad("nat.mix", "needs at least one kind");
+            bad(e, "nat.mix", "needs at least one kind");
         }
         for (k, w) in &self.nat.mix {
             if NatKind::parse(k).is_none() {
                 bad(
+                    e,
                     &format!("nat.mix.{k}"),
                     "unknown NAT kind (public, udp-blocked, port-preserving, random-port, or <eim|adm|apdm>-<eif|adf|apdf>)",
                 );
             } else if !nonneg(*w) {
-                bad(&format!("nat.mix.{k}"), "weight must be >= 0");
+                bad(e, &format!("nat.mix.{k}"), "weight must be >= 0");
             }
         }
         if self.nat.mix.values().sum::<f64>() <= 0.0 {
-            bad("nat.mix", "weights must not all be 0");
+            bad(e, "nat.mix", "weights must not all be 0");
         }
         if !(1..=10).contains(&self.nat.punch_attempts) {
-            bad("nat.punch_attempts", "must be between 1 and 10");
+            bad(e, "nat.punch_attempts", "must be between 1 and 10");
         }
         if !prob(self.nat.attempt_failure) {
-            bad("nat.attempt_failure", "must be a probability in [0, 1]");
+            bad(e, "nat.attempt_failure", "must be a probability in [0, 1]");
         }
+    }
+
+    fn check_relays(&self, e: &mut Vec<(String, String)>) {
         if self.relays.count == 0 || self.relays.count > 100_000 {
-            bad("relays.count", "must be between 1 and 100000");
+            bad(e, "relays.count", "must be between 1 and 100000");
         }
         if !pos(self.relays.bandwidth_kbps) {
-            bad("relays.bandwidth_kbps", "must be > 0");
+            bad(e, "relays.bandwidth_kbps", "must be > 0");
         }
+    }
+
+    fn check_room(&self, e: &mut Vec<(String, String)>) {
         let r = &self.room;
         if !(2..=confab_protocol::wire::MAX_MEMBERS).contains(&r.max_members) {
-            bad("room.max_members", "must be between 2 and 64");
+            bad(e, "room.max_members", "must be between 2 and 64");
         }
         if r.heartbeat_interval_ms == 0 || r.heartbeat_interval_ms >= r.idle_timeout_ms {
             bad(
+                e,
                 "room.heartbeat_interval_ms",
                 "must be > 0 and below room.idle_timeout_ms",
             );
         }
         if r.timer_tick_ms > r.heartbeat_interval_ms {
             bad(
+                e,
                 "room.timer_tick_ms",
                 "must be at most room.heartbeat_interval_ms",
             );
         }
         if r.handshake_timeout_ms == 0 {
-            bad("room.handshake_timeout_ms", "must be > 0");
+            bad(e, "room.handshake_timeout_ms", "must be > 0");
         }
+    }
+
+    fn check_groups(&self, e: &mut Vec<(String, String)>) {
         if self.rooms.is_empty() {
-            bad("rooms", "needs at least one [[rooms]] group");
+            bad(e, "rooms", "needs at least one [[rooms]] group");
         }
         for (i, g) in self.rooms.iter().enumerate() {
             if g.count == 0 {
-                bad(&format!("rooms.{i}.count"), "must be >= 1");
+                bad(e, &format!("rooms.{i}.count"), "must be >= 1");
             }
-            if g.size < 1 || g.size as usize > r.max_members {
+            if g.size < 1 || g.size as usize > self.room.max_members {
                 bad(
+                    e,
                     &format!("rooms.{i}.size"),
                     "must be between 1 and room.max_members",
                 );
             }
             if !nonneg(g.start_s) || g.start_s >= self.duration_s {
                 bad(
+                    e,
                     &format!("rooms.{i}.start_s"),
                     "must be >= 0 and before duration_s",
                 );
             }
             if !nonneg(g.join_spread_s) {
-                bad(&format!("rooms.{i}.join_spread_s"), "must be >= 0");
+                bad(e, &format!("rooms.{i}.join_spread_s"), "must be >= 0");
             }
         }
         if self.nodes() > 1_000_000 {
-            bad("rooms", "more than 1,000,000 nodes in total");
+            bad(e, "rooms", "more than 1,000,000 nodes in total");
         }
+    }
+
+    fn check_media(&self, e: &mut Vec<(String, String)>) {
         let m = &self.media;
         if !prob(m.rooms_share) {
-            bad("media.rooms_share", "must be in [0, 1]");
+            bad(e, "media.rooms_share", "must be in [0, 1]");
         }
         if !nonneg(m.start_s) {
-            bad("media.start_s", "must be >= 0");
+            bad(e, "media.start_s", "must be >= 0");
         }
         if !nonneg(m.duration_s) {
-            bad("media.duration_s", "must be >= 0");
+            bad(e, "media.duration_s", "must be >= 0");
         }
         if !(2..=120).contains(&m.frame_ms) {
-            bad("media.frame_ms", "must be between 2 and 120");
+            bad(e, "media.frame_ms", "must be between 2 and 120");
         }
         if m.payload_bytes == 0 || m.payload_bytes > 1200 {
-            bad("media.payload_bytes", "must be between 1 and 1200");
+            bad(e, "media.payload_bytes", "must be between 1 and 1200");
         }
         if !pos(m.sender_queue_ms) {
-            bad("media.sender_queue_ms", "must be > 0");
+            bad(e, "media.sender_queue_ms", "must be > 0");
         }
         if m.jitter_max_delay_ms < m.jitter_min_delay_ms {
             bad(
+                e,
                 "media.jitter_max_delay_ms",
                 "must be >= media.jitter_min_delay_ms",
             );
         }
         if !prob(m.jitter_percentile) {
-            bad("media.jitter_percentile", "must be in [0, 1]");
+            bad(e, "media.jitter_percentile", "must be in [0, 1]");
         }
-        if let Some(c) = &self.churn {
-            if !pos(c.mean_stay_s) {
-                bad("churn.mean_stay_s", "must be > 0");
-            }
-            if !nonneg(c.mean_away_s) {
-                bad("churn.mean_away_s", "must be >= 0");
-            }
-            if !nonneg(c.start_s) {
-                bad("churn.start_s", "must be >= 0");
-            }
-            if !prob(c.rooms_share) {
-                bad("churn.rooms_share", "must be in [0, 1]");
-            }
+    }
+
+    fn check_churn(&self, e: &mut Vec<(String, String)>) {
+        let Some(c) = &self.churn else {
+            return;
+        };
+        if !pos(c.mean_stay_s) {
+            bad(e, "churn.mean_stay_s", "must be > 0");
         }
+        if !nonneg(c.mean_away_s) {
+            bad(e, "churn.mean_away_s", "must be >= 0");
+        }
+        if !nonneg(c.start_s) {
+            bad(e, "churn.start_s", "must be >= 0");
+        }
+        if !prob(c.rooms_share) {
+            bad(e, "churn.rooms_share", "must be in [0, 1]");
+        }
+    }
+
+    fn check_output_and_distributions(&self, e: &mut Vec<(String, String)>) {
         if !pos(self.output.series_interval_s) {
-            bad("output.series_interval_s", "must be > 0");
+            bad(e, "output.series_interval_s", "must be > 0");
         }
         for (f, d) in [
             ("network.core_latency_ms", &self.network.core_latency_ms),
@@ -647,18 +691,34 @@ impl Scenario {
             ("access.downlink_kbps", &self.access.downlink_kbps),
             ("relays.latency_ms", &self.relays.latency_ms),
         ] {
-            d.check(f, &mut e);
+            d.check(f, e);
         }
         for (f, d) in [
             ("access.uplink_kbps", &self.access.uplink_kbps),
             ("access.downlink_kbps", &self.access.downlink_kbps),
         ] {
             if d.mean() < 8.0 {
-                e.push((f.to_string(), "mean must be at least 8 kbit/s".to_string()));
+                bad(e, f, "mean must be at least 8 kbit/s");
             }
         }
-        e
     }
+}
+
+/// Records one range-check finding.
+fn bad(e: &mut Vec<(String, String)>, field: &str, message: &str) {
+    e.push((field.to_string(), message.to_string()));
+}
+
+fn pos(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
+fn nonneg(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+fn prob(v: f64) -> bool {
+    (0.0..=1.0).contains(&v)
 }
 
 /// The 1-based line of byte offset `at`, and the key written on that line (or the table

@@ -356,6 +356,7 @@ fn tcp_punch(a: NatKind, b: NatKind) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

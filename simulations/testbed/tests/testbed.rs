@@ -3,12 +3,15 @@
 //!
 //! All scenarios run in one test function, one after another (they are timing-sensitive
 //! and each builds its own namespaces), and every outcome is compared with the simulator's
-//! prediction (`confab_sim::nat::predict_testbed_path`).
+//! prediction (`confab_simulator::nat::predict_testbed_path`).
+
+// Tests may panic on what they did not expect.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use confab_sim::nat::{predict_testbed_path, TestbedNat};
+use confab_simulator::nat::{predict_testbed_path, TestbedNat};
 use serde_json::Value;
 
 fn sim() -> &'static str {

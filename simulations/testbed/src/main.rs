@@ -1,0 +1,194 @@
+//! `confab-sim`: run scenarios, sweep parameters and benchmark the simulator
+//! (`confab-simulator`), and run the real-NAT testbed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use confab_simulator::report::write_all;
+use confab_simulator::scenario::Scenario;
+use confab_simulator::sweep::{sweep, Param};
+
+mod testbed;
+
+#[derive(Parser)]
+#[command(
+    name = "confab-sim",
+    version,
+    about = "Deterministic network simulations of confab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario and write summary.json, CSV series and plots.
+    Run {
+        /// Scenario file (TOML), e.g. simulations/scenarios/nat-census.toml.
+        scenario: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run a scenario over a grid of parameter values, in parallel.
+    Sweep {
+        scenario: PathBuf,
+        /// KEY=V1,V2,... with a dotted key of the scenario (e.g. nat.attempt_failure=0,0.1).
+        /// Repeat for a grid.
+        #[arg(long, required = true)]
+        param: Vec<String>,
+        /// Summary metric to plot (dotted path, e.g. paths.relayed); repeatable.
+        #[arg(long)]
+        metric: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run the real binaries in network namespaces behind kernel NAT and hold one call.
+    Testbed(testbed::TestbedArgs),
+    /// Run a scenario (default scale-10k) and print wall time and events per second.
+    Bench {
+        #[arg(default_value = "simulations/scenarios/scale-10k.toml")]
+        scenario: PathBuf,
+        /// Repetitions.
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run {
+            scenario,
+            out,
+            seed,
+        } => run(&scenario, &out, seed),
+        Cmd::Sweep {
+            scenario,
+            param,
+            metric,
+            out,
+            seed,
+        } => run_sweep(&scenario, &param, &metric, &out, seed),
+        Cmd::Testbed(args) => testbed::main(&args),
+        Cmd::Bench {
+            scenario,
+            runs,
+            seed,
+        } => bench(&scenario, runs, seed),
+    }
+}
+
+fn bar(total_s: f64) -> ProgressBar {
+    let pb =
+        ProgressBar::with_draw_target(Some((total_s * 10.0) as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} simulated {msg} [{bar:40}] {percent}% elapsed {elapsed_precise} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// `confab-sim run`.
+fn run(scenario: &Path, out: &Path, seed: Option<u64>) -> Result<()> {
+    let sc = Scenario::load(scenario)?;
+    let pb = bar(sc.duration_s);
+    let o = confab_simulator::sim::run(&sc, seed, &mut |done, total| {
+        pb.set_position(done / 100_000);
+        pb.set_message(format!(
+            "{:.0}/{:.0} s",
+            done as f64 / 1e6,
+            total as f64 / 1e6
+        ));
+    });
+    pb.finish_and_clear();
+    write_all(&o, out).with_context(|| format!("writing {}", out.display()))?;
+    let s = &o.summary;
+    println!(
+        "{}: {} nodes, {} rooms, {} events",
+        s.scenario, s.nodes, s.rooms, s.events
+    );
+    if let Some(p) = &s.paths {
+        println!(
+            "paths: direct {:.3} punched {:.3} relayed {:.3} failed {:.3}; hole punch success {}",
+            p.direct,
+            p.punched,
+            p.relayed,
+            p.failed,
+            s.holepunch_success_rate
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "n/a".into())
+        );
+    }
+    println!("wrote {}", out.join("summary.json").display());
+    Ok(())
+}
+
+/// `confab-sim sweep`.
+fn run_sweep(
+    scenario: &Path,
+    param: &[String],
+    metric: &[String],
+    out: &Path,
+    seed: Option<u64>,
+) -> Result<()> {
+    let src = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let params = param
+        .iter()
+        .map(|p| Param::parse(p))
+        .collect::<confab_simulator::Result<Vec<_>>>()?;
+    let rows = sweep(
+        &src,
+        &scenario.display().to_string(),
+        &params,
+        seed,
+        metric,
+        out,
+    )?;
+    println!(
+        "{} runs; wrote {}",
+        rows.len(),
+        out.join("sweep.csv").display()
+    );
+    Ok(())
+}
+
+/// `confab-sim bench`.
+fn bench(scenario: &Path, runs: u32, seed: Option<u64>) -> Result<()> {
+    let sc = Scenario::load(scenario)?;
+    println!(
+        "| run | nodes | rooms | simulated s | wall s | events | events/s | sim s per wall s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for i in 0..runs.max(1) {
+        let start = Instant::now();
+        let o = confab_simulator::sim::run(&sc, seed, &mut |_, _| {});
+        let wall = start.elapsed().as_secs_f64();
+        let s = &o.summary;
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {} | {:.0} | {:.1} |",
+            i + 1,
+            s.nodes,
+            s.rooms,
+            s.duration_s,
+            wall,
+            s.events,
+            s.events as f64 / wall,
+            s.duration_s / wall
+        );
+    }
+    Ok(())
+}
