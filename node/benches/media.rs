@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use confab_node::audio::{aligned_correlation, test_signal, FrameSource};
-use confab_node::codec::{Decoder, Encoder, EncoderConfig, FRAME_SAMPLES};
+use confab_node::media::audio::{aligned_correlation, test_signal, FrameSource};
+use confab_node::media::codec::{Decoder, Encoder, EncoderConfig, FRAME_SAMPLES};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 /// Two seconds of the speech-like test signal, as 20 ms frames.

@@ -1,23 +1,24 @@
 //! The confab node: the IO shell around `confab-protocol`.
 //!
-//! * [`store`] — the sled account store; [`account`], [`history`], [`seal`] — export,
-//!   import, delete, call history and passphrase sealing on it.
-//! * [`net`] — the libp2p swarm and the `/confab/room/1` and `/confab/media/1` protocols.
-//! * [`relays`] — reservations on community relays, kept across relay restarts.
-//! * [`call`] — the call loop: room state machine, media capture, encryption, playout.
-//! * [`codec`] / [`audio`] — Opus, WAV files, test signals and their comparison.
-//! * [`cli`] / [`demo`] — the `confab` command line and the one-command demo.
+//! * [`node`] — [`Node`], the long-lived owner of the swarm, the relays' reservations and
+//!   the identity, and its driver task; calls are started on it one after another.
+//! * [`call`] — one call session: a [`call::CallHandle`] for commands, [`call::CallEvents`]
+//!   for events, the session's state and handlers, and its sans-IO policy.
+//! * [`net`] — the libp2p swarm, the two confab stream protocols, relay reservations.
+//! * [`media`] — Opus, WAV files, test signals, audio sources and sinks.
+//! * [`account`] — the sled account store, sealing, history, export/import/delete.
+//! * [`score`] — scoring a call of test signals (the demo and the testbed).
+//! * [`clock`] — the one clock.
+//! * [`cmd`] — the `confab` command line (nothing else imports it).
 
 pub mod account;
-pub mod account_cmd;
-pub mod audio;
-pub mod bench;
 pub mod call;
-pub mod cli;
-pub mod codec;
-pub mod demo;
-pub mod history;
+pub mod clock;
+pub mod cmd;
+pub mod media;
 pub mod net;
-pub mod relays;
-pub mod seal;
-pub mod store;
+pub mod node;
+pub mod score;
+
+pub use call::{CallConfig, CallEvent, CallEvents, CallHandle};
+pub use node::{Node, NodeConfig};

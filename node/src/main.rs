@@ -1,7 +1,7 @@
 use clap::Parser;
 
 fn main() {
-    let cli = confab_node::cli::Cli::parse();
+    let cli = confab_node::cmd::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -9,7 +9,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
         )
         .init();
-    if let Err(f) = confab_node::cli::run(cli) {
+    if let Err(f) = confab_node::cmd::run(cli) {
         eprintln!("error: {}", f.message);
         std::process::exit(f.code);
     }

@@ -88,8 +88,8 @@ fn without_time(mut v: Value) -> Value {
 }
 
 fn put_history(dir: &Path, room: &str, started_ms: u64) {
-    let s = confab_node::store::Store::open(dir).expect("open");
-    s.record_call(&confab_node::history::HistoryEntry {
+    let s = confab_node::account::Store::open(dir).expect("open");
+    s.record_call(&confab_node::account::HistoryEntry {
         room_id: room.into(),
         peers: vec!["12D3KooWexamplepeer".into()],
         started_ms,
@@ -99,7 +99,7 @@ fn put_history(dir: &Path, room: &str, started_ms: u64) {
 }
 
 fn now_ms() -> u64 {
-    confab_node::call::now_ms()
+    confab_node::clock::now_ms()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! start, duration). Every write that matters is flushed before the call returns, so a node
 //! killed with SIGKILL loses nothing it reported as done.
 //!
-//! With a passphrase (see [`crate::seal`]) the values of `identity`, `profile`, `rooms` and
+//! With a passphrase (see [`super::seal`]) the values of `identity`, `profile`, `rooms` and
 //! `history` are sealed; `meta/seal` says how. Schema 2 added `history` and sealing; a schema-1
 //! store is migrated on open (nothing to convert: it has neither).
 
@@ -23,7 +23,7 @@ const PROFILE: &str = "profile";
 const ROOMS: &str = "rooms";
 const SETTINGS: &str = "settings";
 /// Trees whose values are sealed when the account has a passphrase.
-pub const SEALED_TREES: [&str; 4] = [IDENTITY, PROFILE, ROOMS, crate::history::HISTORY];
+pub const SEALED_TREES: [&str; 4] = [IDENTITY, PROFILE, ROOMS, super::history::HISTORY];
 /// Key of the seal record in `meta`.
 pub const SEAL_RECORD: &str = "seal";
 
@@ -86,7 +86,7 @@ pub struct Store {
     db: sled::Db,
     dir: PathBuf,
     /// The passphrase key, once [`Store::unlock`] succeeded on a sealed store.
-    seal: std::sync::OnceLock<crate::seal::SealKey>,
+    seal: std::sync::OnceLock<super::seal::SealKey>,
 }
 
 impl Store {
@@ -97,8 +97,8 @@ impl Store {
             source,
         })?;
         let path = dir.join("db");
-        crate::account::recover_interrupted_swap(dir);
-        crate::account::check_before_open(dir)?;
+        super::export::recover_interrupted_swap(dir);
+        super::export::check_before_open(dir)?;
         let db = sled::Config::new()
             .path(&path)
             .open()
@@ -126,10 +126,10 @@ impl Store {
             seal: std::sync::OnceLock::new(),
         };
         store.check_schema()?;
-        crate::account::remove_leftovers(dir);
+        super::export::remove_leftovers(dir);
         // Expired history goes on every start (a sealed store: when it is unlocked).
         if !store.is_sealed()? {
-            store.expire_history(crate::call::now_ms())?;
+            store.expire_history(crate::clock::now_ms())?;
         }
         Ok(store)
     }
@@ -176,7 +176,7 @@ impl Store {
     }
 
     /// The seal record of a sealed store.
-    pub fn seal_record(&self) -> Result<Option<crate::seal::SealRecord>, StoreError> {
+    pub fn seal_record(&self) -> Result<Option<super::seal::SealRecord>, StoreError> {
         self.db
             .open_tree(META)?
             .get(SEAL_RECORD)?
@@ -196,8 +196,8 @@ impl Store {
             return Ok(());
         };
         if self.seal.get().is_none() {
-            let key = crate::seal::SealKey::unlock(passphrase, &record).map_err(|e| match e {
-                crate::seal::SealError::WrongPassphrase => {
+            let key = super::seal::SealKey::unlock(passphrase, &record).map_err(|e| match e {
+                super::seal::SealError::WrongPassphrase => {
                     StoreError::WrongPassphrase(self.dir.clone())
                 }
                 other => StoreError::Corrupt {
@@ -207,11 +207,11 @@ impl Store {
             })?;
             let _ = self.seal.set(key);
         }
-        self.expire_history(crate::call::now_ms()).map(|_| ())
+        self.expire_history(crate::clock::now_ms()).map(|_| ())
     }
 
     /// Installs the key of a store that was just resealed with it.
-    pub(crate) fn install_key(&self, key: crate::seal::SealKey) {
+    pub(crate) fn install_key(&self, key: super::seal::SealKey) {
         let _ = self.seal.set(key);
     }
 
@@ -219,8 +219,8 @@ impl Store {
     /// anything is written, so no clear copy ever reaches the disk).
     pub fn seal_empty(
         &self,
-        key: crate::seal::SealKey,
-        record: &crate::seal::SealRecord,
+        key: super::seal::SealKey,
+        record: &super::seal::SealRecord,
     ) -> Result<(), StoreError> {
         for tree in SEALED_TREES {
             if !self.db.open_tree(tree)?.is_empty() {

@@ -18,9 +18,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::history::HistoryEntry;
-use crate::seal::{SealKey, SealRecord};
-use crate::store::{Settings, Store, StoreError, StoredRoom, SEALED_TREES, SEAL_RECORD};
+use super::history::HistoryEntry;
+use super::seal::{SealKey, SealRecord};
+use super::store::{Settings, Store, StoreError, StoredRoom, SEALED_TREES, SEAL_RECORD};
 
 /// `format` of an export document.
 pub const EXPORT_FORMAT: &str = "confab-account";
@@ -79,7 +79,7 @@ pub struct AccountExport {
 }
 
 fn default_retention() -> u32 {
-    crate::history::DEFAULT_RETENTION_DAYS
+    super::history::DEFAULT_RETENTION_DAYS
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -231,7 +231,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::{aligned_correlation, test_signal, tone, FrameSource};
+    use crate::media::audio::{aligned_correlation, test_signal, tone, FrameSource};
     use proptest::prelude::*;
 
     /// Opus' algorithmic delay at 48 kHz is 312 samples; leave plenty of room.

@@ -1,7 +1,12 @@
-//! The `confab` command line.
+//! The `confab` command line: parses, opens the account, and drives the library. Nothing
+//! else in the crate imports this module.
+
+mod account;
+mod bench;
+mod call;
+mod demo;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use confab_protocol::crypto::Identity;
@@ -11,9 +16,8 @@ use libp2p::Multiaddr;
 use rand::RngCore;
 use serde_json::json;
 
-use crate::account_cmd::open_store;
-use crate::call::{self, CallOptions, Input};
-use crate::store::{Store, StoredRoom};
+use crate::account::{Store, StoredRoom};
+use account::open_store;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,14 +48,14 @@ pub enum Command {
     /// Export, import or delete the account, or set its passphrase.
     Account {
         #[command(subcommand)]
-        command: crate::account_cmd::AccountCommand,
+        command: account::AccountCommand,
     },
     /// The call history (room, peers, start, duration; never content).
-    History(crate::account_cmd::HistoryArgs),
+    History(account::HistoryArgs),
     /// Account settings.
     Settings {
         #[command(subcommand)]
-        command: crate::account_cmd::SettingsCommand,
+        command: account::SettingsCommand,
     },
     /// Show this account's peer id and name.
     Whoami {
@@ -241,7 +245,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         keep,
     } = cli.command
     {
-        return crate::demo::run(participants, seconds, json, keep);
+        return demo::run(participants, seconds, json, keep);
     }
     if let Command::Bench {
         participants,
@@ -249,14 +253,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         json,
     } = cli.command
     {
-        return crate::bench::run(participants, seconds, json);
+        return bench::run(participants, seconds, json);
     }
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Init { name, passphrase } => init(&dir, name, passphrase),
-        Command::Account { command } => crate::account_cmd::run_account(&dir, command),
-        Command::History(args) => crate::account_cmd::run_history(&dir, args),
-        Command::Settings { command } => crate::account_cmd::run_settings(&dir, command),
+        Command::Account { command } => account::run_account(&dir, command),
+        Command::History(args) => account::run_history(&dir, args),
+        Command::Settings { command } => account::run_settings(&dir, command),
         Command::Whoami { json } => whoami(&dir, json),
         Command::Room { command } => match command {
             RoomCommand::Create {
@@ -267,7 +271,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             } => room_create(&dir, listen, announce, relay, json),
             RoomCommand::List { json } => room_list(&dir, json),
         },
-        Command::Call(args) => call_cmd(&dir, args),
+        Command::Call(args) => call::run(&dir, args),
         Command::Relay { command } => relay_cmd(&dir, command),
         Command::Demo { .. } | Command::Bench { .. } => Ok(()),
     }
@@ -277,7 +281,7 @@ fn init(dir: &Path, name: Option<String>, passphrase: bool) -> Result<(), Failur
     let fresh = !crate::account::has_store(dir);
     let store = if passphrase && fresh {
         let store = Store::open(dir)?;
-        crate::account_cmd::seal_new_store(&store)?;
+        account::seal_new_store(&store)?;
         store
     } else if passphrase {
         return Err(Failure::input(
@@ -329,7 +333,10 @@ fn whoami(dir: &Path, json: bool) -> Result<(), Failure> {
 }
 
 /// `--relay` addresses, or else the account's: checked, deduplicated.
-fn relays_or_settings(store: &Store, given: Vec<Multiaddr>) -> Result<Vec<Multiaddr>, Failure> {
+pub(super) fn relays_or_settings(
+    store: &Store,
+    given: Vec<Multiaddr>,
+) -> Result<Vec<Multiaddr>, Failure> {
     let relays = if given.is_empty() {
         store
             .settings()?
@@ -342,7 +349,7 @@ fn relays_or_settings(store: &Store, given: Vec<Multiaddr>) -> Result<Vec<Multia
     };
     let mut out: Vec<Multiaddr> = Vec::new();
     for r in relays {
-        crate::relays::check_relay_addr(&r).map_err(Failure::input)?;
+        crate::net::relays::check_relay_addr(&r).map_err(Failure::input)?;
         if !out.contains(&r) {
             out.push(r);
         }
@@ -355,7 +362,7 @@ fn relay_cmd(dir: &Path, command: RelayCommand) -> Result<(), Failure> {
     let mut settings = store.settings()?;
     match command {
         RelayCommand::Add { addr } => {
-            crate::relays::check_relay_addr(&addr).map_err(Failure::input)?;
+            crate::net::relays::check_relay_addr(&addr).map_err(Failure::input)?;
             let text = addr.to_string();
             if settings.relays.contains(&text) {
                 eprintln!("relay {text} is already in the list");
@@ -416,7 +423,7 @@ fn room_create(
     let me = peer_id_of(&secret)?;
     let mut addrs: Vec<String> = relays
         .iter()
-        .map(|r| crate::relays::circuit_addr(r, me).to_string())
+        .map(|r| crate::net::relays::circuit_addr(r, me).to_string())
         .collect();
     addrs.extend(announce.iter().map(|a| a.to_string()));
     if addrs.len() > confab_protocol::wire::MAX_ADDRS {
@@ -444,7 +451,7 @@ fn room_create(
         secret: hex(&room_secret),
         listen: listen.iter().map(|a| a.to_string()).collect(),
         ticket: text.clone(),
-        created_ms: call::now_ms(),
+        created_ms: crate::clock::now_ms(),
     })?;
     if json {
         println!(
@@ -481,135 +488,4 @@ fn room_list(dir: &Path, json: bool) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn call_cmd(dir: &Path, args: CallArgs) -> Result<(), Failure> {
-    let ticket = Ticket::parse(&args.ticket).map_err(|e| Failure::input(format!("{e}")))?;
-    if let Some(d) = args.duration {
-        if !(d.is_finite() && d > 0.0 && d <= 24.0 * 3600.0) {
-            return Err(Failure::input(
-                "--duration must be between 0 and 86400 seconds",
-            ));
-        }
-    }
-    if let Some(hz) = args.tone {
-        if !(hz.is_finite() && hz > 0.0 && hz < 24_000.0) {
-            return Err(Failure::input("--tone must be between 0 and 24000 Hz"));
-        }
-    }
-    let input = match (&args.input, args.tone, args.signal) {
-        (Some(p), _, _) => {
-            if !p.exists() {
-                return Err(Failure::input(format!(
-                    "input file {} does not exist",
-                    p.display()
-                )));
-            }
-            Input::Wav(p.clone())
-        }
-        (None, Some(hz), _) => Input::Tone(hz),
-        (None, None, Some(i)) => Input::Signal(i),
-        (None, None, None) => Input::Tone(440.0),
-    };
-    let store = open_store(dir)?;
-    let identity = store.require_identity()?;
-    let name = store.name()?.unwrap_or_default();
-    let relays = relays_or_settings(&store, args.relay)?;
-    if args.relay_only && relays.is_empty() {
-        return Err(Failure::input("--relay-only needs at least one --relay"));
-    }
-    let listen = if !args.listen.is_empty() {
-        args.listen
-    } else if let Some(room) = store.room(&ticket.room_id_hex())? {
-        room.listen.iter().filter_map(|a| a.parse().ok()).collect()
-    } else {
-        let settings = store.settings()?;
-        if settings.listen.is_empty() {
-            vec![
-                "/ip4/0.0.0.0/tcp/0".parse().map_err(Failure::other)?,
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .map_err(Failure::other)?,
-            ]
-        } else {
-            settings
-                .listen
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect()
-        }
-    };
-    // The store stays open (and locked) for the whole call.
-    let opts = CallOptions {
-        ticket,
-        identity,
-        name,
-        listen,
-        input,
-        output: args.output,
-        output_dir: args.output_dir,
-        duration: args.duration.map(Duration::from_secs_f64),
-        cbr: args.cbr,
-        relays,
-        relay_only: args.relay_only,
-        hole_punch: !args.no_hole_punch,
-        dump_opus: args.dump_opus,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(Failure::other)?;
-    // Expired history also goes once a day while a long call runs.
-    let report = crate::history::with_periodic_expiry(
-        &store,
-        crate::history::EXPIRY_PERIOD,
-        call::now_ms,
-        || runtime.block_on(call::run_call(opts)),
-    )
-    .map_err(|e| Failure {
-        code: e.exit_code(),
-        message: e.to_string(),
-    })?;
-    // The call history: room, peers, start, duration; never content.
-    if let Err(e) = store.record_call(&crate::history::HistoryEntry::from_report(&report)) {
-        tracing::warn!(error = %e, "cannot record the call in the history");
-    }
-    drop(store);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(Failure::other)?
-        );
-    } else {
-        print_report(&report);
-    }
-    Ok(())
-}
-
-fn print_report(r: &call::CallReport) {
-    println!("call in room {} as {} ({})", r.room, r.name, r.peer_id);
-    for line in crate::account_cmd::recording_notice(r) {
-        println!("{line}");
-    }
-    println!("sent {} frames", r.frames_captured);
-    println!(
-        "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5}",
-        "from", "path", "received", "lost", "concealed", "m2e p50", "m2e p95", "MOS"
-    );
-    for s in &r.received {
-        let name = if s.name.is_empty() { &s.from } else { &s.name };
-        println!(
-            "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5.2}{}",
-            crate::demo::short(name, 20),
-            s.path,
-            s.frames_received,
-            s.frames_lost,
-            s.frames_concealed,
-            crate::demo::fmt_ms(s.mouth_to_ear_p50_ms),
-            crate::demo::fmt_ms(s.mouth_to_ear_p95_ms),
-            s.mos,
-            if s.recording { "  (was recording)" } else { "" }
-        );
-    }
 }

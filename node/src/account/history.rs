@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::CallReport;
-use crate::store::{Store, StoreError};
+use super::store::{Store, StoreError};
 
 /// The sled tree that holds the history.
 pub const HISTORY: &str = "history";
@@ -34,27 +33,6 @@ pub struct HistoryEntry {
     pub started_ms: u64,
     /// Duration in ms.
     pub duration_ms: u64,
-}
-
-impl HistoryEntry {
-    /// The history entry of a finished call: the members it admitted, and its times.
-    pub fn from_report(report: &CallReport) -> Self {
-        let mut peers: Vec<String> = report
-            .roster
-            .iter()
-            .filter(|e| e.kind == "admitted")
-            .map(|e| e.peer.clone())
-            .chain(report.received.iter().map(|r| r.from.clone()))
-            .collect();
-        peers.sort();
-        peers.dedup();
-        Self {
-            room_id: report.room.clone(),
-            peers,
-            started_ms: report.started_ms,
-            duration_ms: report.ended_ms.saturating_sub(report.started_ms),
-        }
-    }
 }
 
 fn record_error(e: impl std::fmt::Display) -> StoreError {
@@ -228,7 +206,7 @@ mod tests {
             let s = Store::open(dir.path()).expect("open");
             // Long before any real clock reading minus 30 days.
             s.record_call(&entry("ancient", 1_000)).expect("record");
-            s.record_call(&entry("today", crate::call::now_ms()))
+            s.record_call(&entry("today", crate::clock::now_ms()))
                 .expect("record");
         }
         let s = Store::open(dir.path()).expect("reopen");

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::account::{self, AccountError, Reseal};
-use crate::cli::Failure;
-use crate::seal::{self, Cost, SealKey};
-use crate::store::{Store, StoreError};
+use super::Failure;
+use crate::account::export::{self as account, AccountError, Reseal};
+use crate::account::seal::{self, Cost, SealKey};
+use crate::account::{Store, StoreError};
 
 #[derive(Subcommand, Debug)]
 pub enum AccountCommand {
@@ -104,7 +104,7 @@ pub fn run_account(dir: &Path, command: AccountCommand) -> Result<(), Failure> {
     match command {
         AccountCommand::Export { include_secret_key } => {
             let store = open_store(dir)?;
-            let doc = account::export(&store, include_secret_key, crate::call::now_ms())
+            let doc = account::export(&store, include_secret_key, crate::clock::now_ms())
                 .map_err(account_failure)?;
             let text = serde_json::to_string_pretty(&doc).map_err(Failure::other)?;
             println!("{text}");
@@ -132,7 +132,7 @@ pub fn run_account(dir: &Path, command: AccountCommand) -> Result<(), Failure> {
             } else {
                 None
             };
-            let done = account::import(dir, &doc, force, seal, crate::call::now_ms())
+            let done = account::import(dir, &doc, force, seal, crate::clock::now_ms())
                 .map_err(account_failure)?;
             if done.replaced {
                 eprintln!("the previous account in {} was deleted", dir.display());
@@ -274,7 +274,7 @@ pub fn run_settings(dir: &Path, command: SettingsCommand) -> Result<(), Failure>
                     Failure::input("history-retention-days takes a whole number of days")
                 })?;
                 let store = open_store(dir)?;
-                store.set_history_retention_days(days, crate::call::now_ms())?;
+                store.set_history_retention_days(days, crate::clock::now_ms())?;
                 println!("history-retention-days = {days}");
                 Ok(())
             }

@@ -8,11 +8,13 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::codec::{FRAME_SAMPLES, SAMPLE_RATE};
+use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
 
 /// Lowest and highest input sample rates [`read_wav`] converts, in Hz.
 const MIN_INPUT_RATE: u32 = 1_000;
 const MAX_INPUT_RATE: u32 = 768_000;
+/// Length of the looped test signal a call sends with `--signal` (and the demo scores against).
+pub const TEST_SIGNAL_SECS: f64 = 10.0;
 
 /// Everything that can go wrong reading or writing audio files.
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +273,7 @@ pub fn write_wav(path: &Path, samples: &[i16]) -> Result<(), AudioError> {
     writer.finalize().map_err(|e| write_error(path, e))
 }
 
-fn write_error(path: &Path, err: hound::Error) -> AudioError {
+pub(crate) fn write_error(path: &Path, err: hound::Error) -> AudioError {
     match err {
         hound::Error::IoError(e) => io_error(path, e),
         other => AudioError::Io {

@@ -46,6 +46,8 @@ pub enum NetError {
     Build(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    #[error("{0}")]
+    Relay(String),
 }
 
 /// Builds a swarm for `key`: TCP (Noise + Yamux), QUIC, relay client, DCUtR, identify, ping

@@ -1,0 +1,182 @@
+//! The report of a finished call (`confab call --json`), built from the call's events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::events::{CallEnd, CallEvent};
+
+/// What one receiver measured about one sender.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceivedStream {
+    pub from: String,
+    pub name: String,
+    pub path: String,
+    pub frames_received: u64,
+    pub frames_lost: u64,
+    pub frames_late: u64,
+    pub frames_concealed: u64,
+    pub frames_played: u64,
+    pub mouth_to_ear_p50_ms: Option<f64>,
+    pub mouth_to_ear_p95_ms: Option<f64>,
+    pub jitter_ms: f64,
+    pub mos: f64,
+    /// Sequence number of the first frame in the output file.
+    pub first_seq: Option<u32>,
+    pub output: Option<String>,
+    pub recording: bool,
+}
+
+/// What we sent to one receiver.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SentStream {
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+}
+
+/// A membership change seen during the call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RosterEvent {
+    pub at_ms: u64,
+    pub peer: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// The result of a call, printed by `confab call --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallReport {
+    pub peer_id: String,
+    pub name: String,
+    pub room: String,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub frames_captured: u64,
+    pub sent: BTreeMap<String, SentStream>,
+    pub received: Vec<ReceivedStream>,
+    pub roster: Vec<RosterEvent>,
+    pub admission_failures: u64,
+    pub cpu_seconds: f64,
+    pub max_rss_kb: u64,
+}
+
+/// Most roster events a report keeps (the rest are counted in `admission_failures` or lost).
+pub const MAX_ROSTER_EVENTS: usize = 4096;
+
+/// Folds a call's events into its report.
+#[derive(Debug, Default)]
+pub struct ReportBuilder {
+    peer_id: String,
+    name: String,
+    room: String,
+    started_ms: u64,
+    roster: Vec<RosterEvent>,
+    end: Option<CallEnd>,
+}
+
+impl ReportBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn roster(&mut self, at_ms: u64, peer: &str, kind: &str, detail: String) {
+        if self.roster.len() < MAX_ROSTER_EVENTS {
+            self.roster.push(RosterEvent {
+                at_ms,
+                peer: peer.to_string(),
+                kind: kind.into(),
+                detail,
+            });
+        }
+    }
+
+    /// Takes one event.
+    pub fn on_event(&mut self, ev: &CallEvent) {
+        match ev {
+            CallEvent::Joined {
+                peer_id,
+                name,
+                room,
+                started_ms,
+            } => {
+                self.peer_id.clone_from(peer_id);
+                self.name.clone_from(name);
+                self.room.clone_from(room);
+                self.started_ms = *started_ms;
+            }
+            CallEvent::MemberAdmitted {
+                at_ms, peer, name, ..
+            } => self.roster(*at_ms, peer, "admitted", name.clone()),
+            CallEvent::MemberLeft {
+                at_ms,
+                peer,
+                reason,
+            } => self.roster(*at_ms, peer, "left", reason.clone()),
+            CallEvent::AdmissionFailed {
+                at_ms,
+                peer,
+                reason,
+            } => self.roster(*at_ms, peer, "admission_failed", reason.clone()),
+            CallEvent::Ended(end) => self.end = Some((**end).clone()),
+            CallEvent::PathChanged { .. }
+            | CallEvent::RecordingChanged { .. }
+            | CallEvent::Stats(_) => {}
+        }
+    }
+
+    /// How the call ended, once it has.
+    pub fn end(&self) -> Option<&CallEnd> {
+        self.end.as_ref()
+    }
+
+    /// The report; `cpu_seconds` and `max_rss_kb` are the process's.
+    pub fn finish(self) -> CallReport {
+        let (cpu_seconds, max_rss_kb) = process_usage();
+        let end = self.end.unwrap_or_else(|| CallEnd {
+            ended_ms: crate::clock::now_ms(),
+            error: None,
+            frames_captured: 0,
+            sent: BTreeMap::new(),
+            received: Vec::new(),
+            admission_failures: 0,
+        });
+        CallReport {
+            peer_id: self.peer_id,
+            name: self.name,
+            room: self.room,
+            started_ms: self.started_ms,
+            ended_ms: end.ended_ms,
+            frames_captured: end.frames_captured,
+            sent: end.sent,
+            received: end.received,
+            roster: self.roster,
+            admission_failures: end.admission_failures,
+            cpu_seconds,
+            max_rss_kb,
+        }
+    }
+}
+
+/// CPU seconds used by this process so far and its peak resident set, from /proc.
+pub fn process_usage() -> (f64, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    (cpu, rss)
+}

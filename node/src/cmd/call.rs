@@ -1,0 +1,275 @@
+//! `confab call`: a thin client of one call session on a node of its own. `--duration` and
+//! Ctrl-C are "leave after"; the report is folded from the call's events.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use confab_protocol::ticket::Ticket;
+use libp2p::Multiaddr;
+
+use super::account::open_store;
+use super::{relays_or_settings, CallArgs, Failure};
+use crate::account::{HistoryEntry, Store};
+use crate::call::{CallConfig, CallEvent, CallEvents, CallHandle, CallReport, ReportBuilder};
+use crate::media::sink::{Discard, Tee, WavMix, WavPerSender};
+use crate::media::{source, AudioSink, AudioSource};
+use crate::node::{Node, NodeConfig};
+
+/// After our own sending ends (`--duration`), how long we keep listening for the others.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// After Ctrl-C, how long what is in flight gets.
+const INTERRUPT_DRAIN: Duration = Duration::from_millis(500);
+/// After the call, how long the room streams' writers get to deliver our goodbye.
+const GOODBYE: Duration = Duration::from_millis(100);
+
+/// Where the audio we send comes from.
+#[derive(Debug, Clone)]
+enum Input {
+    Wav(PathBuf),
+    Tone(f64),
+    Signal(usize),
+}
+
+fn check_args(args: &CallArgs) -> Result<(Ticket, Input), Failure> {
+    let ticket = Ticket::parse(&args.ticket).map_err(|e| Failure::input(format!("{e}")))?;
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0 && d <= 24.0 * 3600.0) {
+            return Err(Failure::input(
+                "--duration must be between 0 and 86400 seconds",
+            ));
+        }
+    }
+    if let Some(hz) = args.tone {
+        if !(hz.is_finite() && hz > 0.0 && hz < 24_000.0) {
+            return Err(Failure::input("--tone must be between 0 and 24000 Hz"));
+        }
+    }
+    let input = match (&args.input, args.tone, args.signal) {
+        (Some(p), _, _) => {
+            if !p.exists() {
+                return Err(Failure::input(format!(
+                    "input file {} does not exist",
+                    p.display()
+                )));
+            }
+            Input::Wav(p.clone())
+        }
+        (None, Some(hz), _) => Input::Tone(hz),
+        (None, None, Some(i)) => Input::Signal(i),
+        (None, None, None) => Input::Tone(440.0),
+    };
+    Ok((ticket, input))
+}
+
+fn open_source(input: &Input) -> Result<Box<dyn AudioSource>, Failure> {
+    Ok(match input {
+        Input::Wav(p) => Box::new(source::wav(p).map_err(|e| Failure::input(e.to_string()))?),
+        Input::Tone(hz) => Box::new(source::tone(*hz)),
+        Input::Signal(i) => Box::new(source::test_signal(*i)),
+    })
+}
+
+/// `--output` (the mix) and `--output-dir` (one file per sender), or nothing.
+fn open_sink(args: &CallArgs, started_ms: u64) -> Result<(Box<dyn AudioSink>, bool), Failure> {
+    let mut sinks: Vec<Box<dyn AudioSink>> = Vec::new();
+    if let Some(dir) = &args.output_dir {
+        sinks.push(Box::new(WavPerSender::create(dir).map_err(Failure::other)?));
+    }
+    if let Some(path) = &args.output {
+        sinks.push(Box::new(
+            WavMix::create(path, started_ms).map_err(Failure::other)?,
+        ));
+    }
+    let recording = !sinks.is_empty();
+    let sink: Box<dyn AudioSink> = if recording {
+        Box::new(Tee::new(sinks))
+    } else {
+        Box::new(Discard)
+    };
+    Ok((sink, recording))
+}
+
+/// The addresses this call listens on: `--listen`, the room's, or the account's.
+fn listen_addrs(
+    store: &Store,
+    args: &CallArgs,
+    ticket: &Ticket,
+) -> Result<Vec<Multiaddr>, Failure> {
+    if !args.listen.is_empty() {
+        return Ok(args.listen.clone());
+    }
+    if let Some(room) = store.room(&ticket.room_id_hex())? {
+        return Ok(room.listen.iter().filter_map(|a| a.parse().ok()).collect());
+    }
+    let settings = store.settings()?;
+    if !settings.listen.is_empty() {
+        return Ok(settings
+            .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect());
+    }
+    Ok(vec![
+        "/ip4/0.0.0.0/tcp/0".parse().map_err(Failure::other)?,
+        "/ip4/0.0.0.0/udp/0/quic-v1"
+            .parse()
+            .map_err(Failure::other)?,
+    ])
+}
+
+pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
+    let (ticket, input) = check_args(&args)?;
+    let source = open_source(&input)?;
+    let store = open_store(dir)?;
+    let identity = store.require_identity()?;
+    let name = store.name()?.unwrap_or_default();
+    let relays = relays_or_settings(&store, args.relay.clone())?;
+    if args.relay_only && relays.is_empty() {
+        return Err(Failure::input("--relay-only needs at least one --relay"));
+    }
+    let node_config = NodeConfig {
+        identity,
+        listen: listen_addrs(&store, &args, &ticket)?,
+        relays,
+        hole_punch: !args.no_hole_punch,
+        relay_only: args.relay_only,
+    };
+    let (sink, recording) = open_sink(&args, crate::clock::now_ms())?;
+    let mut config = CallConfig::new(ticket, name);
+    config.recording = recording;
+    config.cbr = args.cbr;
+    config.dump_opus = args.dump_opus.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Failure::other)?;
+    // The store stays open (and locked) for the whole call; expired history also goes once
+    // a day while a long call runs.
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let report = crate::account::history::with_periodic_expiry(
+        &store,
+        crate::account::history::EXPIRY_PERIOD,
+        crate::clock::now_ms,
+        || {
+            runtime.block_on(async {
+                let node = Node::start(node_config).map_err(Failure::other)?;
+                let (handle, events) = node
+                    .start_call(config, source, sink)
+                    .await
+                    .map_err(Failure::other)?;
+                let report = follow(&handle, events, duration).await;
+                tokio::time::sleep(GOODBYE).await;
+                node.shutdown().await;
+                report
+            })
+        },
+    )?;
+    // The call history: room, peers, start, duration; never content.
+    if let Err(e) = store.record_call(&history_entry(&report)) {
+        tracing::warn!(error = %e, "cannot record the call in the history");
+    }
+    drop(store);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(Failure::other)?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Follows a call's events until it ends: leaves after `duration` (with a drain) or on
+/// Ctrl-C (at once), and folds the events into the report.
+async fn follow(
+    handle: &CallHandle,
+    mut events: CallEvents,
+    duration: Option<Duration>,
+) -> Result<CallReport, Failure> {
+    let mut report = ReportBuilder::new();
+    let leave_at = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut leaving = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let timer = async {
+            match leave_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = events.next() => {
+                let Some(ev) = ev else { break };
+                report.on_event(&ev);
+                if matches!(ev, CallEvent::Ended(_)) {
+                    break;
+                }
+            }
+            _ = timer, if !leaving => {
+                leaving = true;
+                let _ = handle.request_leave(DRAIN_GRACE).await;
+            }
+            _ = &mut ctrl_c => {
+                tracing::info!("interrupted; leaving the call");
+                leaving = true;
+                let _ = handle.request_leave(INTERRUPT_DRAIN).await;
+            }
+        }
+    }
+    if let Some(e) = report.end().and_then(|end| end.error.clone()) {
+        return Err(Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        });
+    }
+    Ok(report.finish())
+}
+
+/// The history entry of a finished call: the members it admitted, and its times.
+pub fn history_entry(report: &CallReport) -> HistoryEntry {
+    let mut peers: Vec<String> = report
+        .roster
+        .iter()
+        .filter(|e| e.kind == "admitted")
+        .map(|e| e.peer.clone())
+        .chain(report.received.iter().map(|r| r.from.clone()))
+        .collect();
+    peers.sort();
+    peers.dedup();
+    HistoryEntry {
+        room_id: report.room.clone(),
+        peers,
+        started_ms: report.started_ms,
+        duration_ms: report.ended_ms.saturating_sub(report.started_ms),
+    }
+}
+
+fn print_report(r: &CallReport) {
+    println!("call in room {} as {} ({})", r.room, r.name, r.peer_id);
+    for line in super::account::recording_notice(r) {
+        println!("{line}");
+    }
+    println!("sent {} frames", r.frames_captured);
+    println!(
+        "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5}",
+        "from", "path", "received", "lost", "concealed", "m2e p50", "m2e p95", "MOS"
+    );
+    for s in &r.received {
+        let name = if s.name.is_empty() { &s.from } else { &s.name };
+        println!(
+            "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5.2}{}",
+            crate::score::short(name, 20),
+            s.path,
+            s.frames_received,
+            s.frames_lost,
+            s.frames_concealed,
+            crate::score::fmt_ms(s.mouth_to_ear_p50_ms),
+            crate::score::fmt_ms(s.mouth_to_ear_p95_ms),
+            s.mos,
+            if s.recording { "  (was recording)" } else { "" }
+        );
+    }
+}

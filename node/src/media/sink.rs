@@ -1,0 +1,340 @@
+//! Where the audio a call plays goes.
+//!
+//! A sink gets every decoded 20 ms frame of every sender as it is played. Sinks stream:
+//! WAV sinks write to disk as audio plays, and nothing is kept in memory that nobody asked to
+//! record (the mix keeps a window of at most [`MIX_WINDOW_MS`]).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use super::audio::{write_error, AudioError};
+use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
+
+/// One played frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Played<'a> {
+    /// The sender (its peer id, as text).
+    pub from: &'a str,
+    /// The frame's sequence number in the sender's stream.
+    pub seq: u32,
+    /// When it is played, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub pcm: &'a [i16],
+}
+
+/// A consumer of played audio.
+pub trait AudioSink: Send + 'static {
+    /// One frame, as it is played.
+    fn play(&mut self, frame: Played<'_>) -> Result<(), AudioError>;
+    /// The file this sink records `from` into, if it does.
+    fn recording_path(&self, _from: &str) -> Option<PathBuf> {
+        None
+    }
+    /// No more audio: flush and close.
+    fn finish(&mut self) -> Result<(), AudioError> {
+        Ok(())
+    }
+}
+
+/// Plays nowhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Discard;
+
+impl AudioSink for Discard {
+    fn play(&mut self, _frame: Played<'_>) -> Result<(), AudioError> {
+        Ok(())
+    }
+}
+
+/// Most silence written into a sender's file for a gap in its sequence numbers (30 s):
+/// a jump beyond that (a sender that restarted, or a hostile one) is not turned into a huge
+/// file.
+pub const MAX_GAP_FRAMES: u32 = 1_500;
+
+type Writer = hound::WavWriter<BufWriter<File>>;
+
+fn spec() -> hound::WavSpec {
+    hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    }
+}
+
+fn create(path: &Path) -> Result<Writer, AudioError> {
+    hound::WavWriter::create(path, spec()).map_err(|e| write_error(path, e))
+}
+
+fn write_samples(w: &mut Writer, path: &Path, pcm: &[i16]) -> Result<(), AudioError> {
+    for &s in pcm {
+        w.write_sample(s).map_err(|e| write_error(path, e))?;
+    }
+    Ok(())
+}
+
+struct SenderFile {
+    path: PathBuf,
+    writer: Writer,
+    next_seq: u32,
+}
+
+/// One WAV file per sender (`<dir>/<peer id>.wav`), laid out by sequence number from the
+/// first frame played: a lost frame is its concealment, and a gap in the numbers is silence.
+pub struct WavPerSender {
+    dir: PathBuf,
+    files: HashMap<String, SenderFile>,
+}
+
+impl WavPerSender {
+    /// Creates `dir` if needed; files appear as senders are heard.
+    pub fn create(dir: &Path) -> Result<Self, AudioError> {
+        std::fs::create_dir_all(dir).map_err(|source| AudioError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files: HashMap::new(),
+        })
+    }
+
+    fn file_for(&mut self, from: &str, seq: u32) -> Result<&mut SenderFile, AudioError> {
+        if !self.files.contains_key(from) {
+            let path = self.dir.join(format!("{from}.wav"));
+            let writer = create(&path)?;
+            let f = SenderFile {
+                path,
+                writer,
+                next_seq: seq,
+            };
+            self.files.insert(from.to_string(), f);
+        }
+        self.files
+            .get_mut(from)
+            .ok_or_else(|| AudioError::Unsupported {
+                path: self.dir.clone(),
+                what: "sender file vanished".into(),
+            })
+    }
+}
+
+impl AudioSink for WavPerSender {
+    fn play(&mut self, frame: Played<'_>) -> Result<(), AudioError> {
+        let f = self.file_for(frame.from, frame.seq)?;
+        let Some(gap) = frame.seq.checked_sub(f.next_seq) else {
+            return Ok(()); // older than what is written: already covered
+        };
+        let silence = [0i16; FRAME_SAMPLES];
+        for _ in 0..gap.min(MAX_GAP_FRAMES) {
+            write_samples(&mut f.writer, &f.path, &silence)?;
+        }
+        write_samples(&mut f.writer, &f.path, frame.pcm)?;
+        f.next_seq = frame.seq.wrapping_add(1);
+        Ok(())
+    }
+
+    fn recording_path(&self, from: &str) -> Option<PathBuf> {
+        Some(self.dir.join(format!("{from}.wav")))
+    }
+
+    fn finish(&mut self) -> Result<(), AudioError> {
+        let mut first_error = None;
+        for (_, f) in self.files.drain() {
+            if let Err(e) = f.writer.finalize() {
+                first_error.get_or_insert(write_error(&f.path, e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// How far behind the newest played frame the mix keeps samples open for others (200 ms).
+pub const MIX_WINDOW_MS: u64 = 200;
+const SAMPLES_PER_MS: u64 = SAMPLE_RATE as u64 / 1000;
+
+/// Everything heard, mixed into one WAV file on the playout timeline: sample `k` of the
+/// file is what played `k / 48` ms after the sink was made. Each sender's frames follow each
+/// other without gaps while it plays continuously.
+pub struct WavMix {
+    path: PathBuf,
+    writer: Writer,
+    start_ms: u64,
+    /// Sample index of `window[0]` in the file.
+    written: u64,
+    window: Vec<i32>,
+    /// Where each sender's next frame goes.
+    next: HashMap<String, u64>,
+}
+
+impl WavMix {
+    /// A mix whose time zero is `start_ms`.
+    pub fn create(path: &Path, start_ms: u64) -> Result<Self, AudioError> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: create(path)?,
+            start_ms,
+            written: 0,
+            window: Vec::new(),
+            next: HashMap::new(),
+        })
+    }
+
+    fn flush_until(&mut self, upto: u64) -> Result<(), AudioError> {
+        let n = usize::try_from(upto.saturating_sub(self.written))
+            .unwrap_or(usize::MAX)
+            .min(self.window.len());
+        let out: Vec<i16> = self.window.drain(..n).map(clamp).collect();
+        write_samples(&mut self.writer, &self.path, &out)?;
+        self.written += n as u64;
+        Ok(())
+    }
+
+    fn add(&mut self, at: u64, pcm: &[i16]) {
+        let Ok(offset) = usize::try_from(at - self.written) else {
+            return;
+        };
+        let end = offset + pcm.len();
+        if self.window.len() < end {
+            self.window.resize(end, 0);
+        }
+        for (slot, s) in self.window[offset..end].iter_mut().zip(pcm) {
+            *slot += i32::from(*s);
+        }
+    }
+}
+
+fn clamp(v: i32) -> i16 {
+    i16::try_from(v.clamp(i32::from(i16::MIN), i32::from(i16::MAX))).unwrap_or(0)
+}
+
+impl AudioSink for WavMix {
+    fn play(&mut self, frame: Played<'_>) -> Result<(), AudioError> {
+        let now = frame.at_ms.saturating_sub(self.start_ms) * SAMPLES_PER_MS;
+        let next = self.next.get(frame.from).copied().unwrap_or(now);
+        // Continuous playout stays contiguous; after a pause the sender starts at its time.
+        let at = if now > next + FRAME_SAMPLES as u64 || now + 4 * (FRAME_SAMPLES as u64) < next {
+            now
+        } else {
+            next
+        };
+        let window = MIX_WINDOW_MS * SAMPLES_PER_MS;
+        self.flush_until(at.saturating_sub(window))?;
+        if at >= self.written {
+            // Samples that are out of the window already are dropped.
+            self.add(at, frame.pcm);
+        }
+        self.next
+            .insert(frame.from.to_string(), at + frame.pcm.len() as u64);
+        Ok(())
+    }
+
+    fn recording_path(&self, _from: &str) -> Option<PathBuf> {
+        Some(self.path.clone())
+    }
+
+    fn finish(&mut self) -> Result<(), AudioError> {
+        self.flush_until(u64::MAX)?;
+        self.writer.flush().map_err(|e| write_error(&self.path, e))
+    }
+}
+
+impl Drop for WavMix {
+    fn drop(&mut self) {
+        let _ = self.flush_until(u64::MAX);
+    }
+}
+
+/// Several sinks fed the same audio (what is heard, and a recording of it).
+#[derive(Default)]
+pub struct Tee {
+    sinks: Vec<Box<dyn AudioSink>>,
+}
+
+impl Tee {
+    pub fn new(sinks: Vec<Box<dyn AudioSink>>) -> Self {
+        Self { sinks }
+    }
+}
+
+impl AudioSink for Tee {
+    fn play(&mut self, frame: Played<'_>) -> Result<(), AudioError> {
+        for s in &mut self.sinks {
+            s.play(frame)?;
+        }
+        Ok(())
+    }
+
+    fn recording_path(&self, from: &str) -> Option<PathBuf> {
+        self.sinks.iter().find_map(|s| s.recording_path(from))
+    }
+
+    fn finish(&mut self) -> Result<(), AudioError> {
+        let mut result = Ok(());
+        for s in &mut self.sinks {
+            if let Err(e) = s.finish() {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(from: &str, seq: u32, at_ms: u64, pcm: &[i16]) -> Played<'static> {
+        let pcm: &'static [i16] = Box::leak(pcm.to_vec().into_boxed_slice());
+        let from: &'static str = Box::leak(from.to_string().into_boxed_str());
+        Played {
+            from,
+            seq,
+            at_ms,
+            pcm,
+        }
+    }
+
+    #[test]
+    fn per_sender_files_stream_in_sequence_order_with_bounded_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = WavPerSender::create(dir.path()).unwrap();
+        let ones = [1i16; FRAME_SAMPLES];
+        sink.play(frame("a", 10, 0, &ones)).unwrap();
+        sink.play(frame("a", 12, 40, &ones)).unwrap(); // 11 lost: silence
+        sink.play(frame("a", 11, 41, &ones)).unwrap(); // late: ignored
+        sink.play(frame("a", 12 + 1_000_000, 60, &ones)).unwrap(); // a jump: bounded
+        sink.finish().unwrap();
+        let got = crate::media::audio::read_wav(&dir.path().join("a.wav")).unwrap();
+        let frames = got.len() / FRAME_SAMPLES;
+        assert_eq!(frames, 3 + MAX_GAP_FRAMES as usize + 1);
+        assert_eq!(got[FRAME_SAMPLES], 0);
+        assert_eq!(got[2 * FRAME_SAMPLES], 1);
+    }
+
+    #[test]
+    fn the_mix_lays_frames_on_the_playout_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mix.wav");
+        let mut sink = WavMix::create(&path, 1_000).unwrap();
+        let a = [100i16; FRAME_SAMPLES];
+        let b = [10i16; FRAME_SAMPLES];
+        for k in 0..50u32 {
+            let at = 1_000 + 100 + u64::from(k) * 20;
+            sink.play(frame("a", k, at, &a)).unwrap();
+            sink.play(frame("b", k, at, &b)).unwrap();
+        }
+        sink.finish().unwrap();
+        drop(sink);
+        let got = crate::media::audio::read_wav(&path).unwrap();
+        // 100 ms of nothing, then both senders mixed for 50 frames.
+        assert_eq!(got.len(), 100 * 48 + 50 * FRAME_SAMPLES);
+        assert_eq!(got[100 * 48 - 1], 0);
+        assert_eq!(got[100 * 48], 110);
+        assert_eq!(got[got.len() - 1], 110);
+    }
+}

@@ -1,0 +1,289 @@
+//! The libp2p side of a node: the swarm and its protocols, the relays it keeps reservations
+//! on, and the small tasks that move bytes on streams.
+//!
+//! [`Net`] bundles what the node's driver owns on the network side and carries out what the
+//! sans-IO policies decide (dials, reservations, closing circuits, opening streams).
+
+pub mod relays;
+pub mod streams;
+pub mod swarm;
+
+use std::sync::Arc;
+
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{identify, relay, rendezvous, Multiaddr, PeerId, Stream, Swarm};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+pub use swarm::{
+    build_swarm, build_swarm_with, is_relayed, keypair, peer_id, Behaviour, BehaviourEvent,
+    NetConfig, NetError, MEDIA_PROTOCOL, ROOM_PROTOCOL,
+};
+
+use crate::clock::Instant;
+use relays::{error_chain, Change, Refusal, RelayAction, RelayInput, Relays};
+use streams::{Inbound, MediaQueue, RoomWriter, INBOUND_QUEUE};
+
+/// How a node's network side is set up.
+#[derive(Debug, Clone)]
+pub struct NetSetup {
+    pub identity: [u8; 32],
+    pub listen: Vec<Multiaddr>,
+    /// Community relays (`…/p2p/<relay id>`): a reservation is kept on each.
+    pub relays: Vec<Multiaddr>,
+    /// Try DCUtR hole punches over relayed connections.
+    pub hole_punch: bool,
+    /// Dial and announce only circuit addresses (a call that must stay relayed).
+    pub relay_only: bool,
+}
+
+/// The swarm and everything around it that the driver owns.
+pub struct Net {
+    pub swarm: Swarm<Behaviour>,
+    pub control: libp2p_stream::Control,
+    pub inbound_tx: mpsc::Sender<Inbound>,
+    pub inbound_rx: mpsc::Receiver<Inbound>,
+    pub relays: Relays,
+    pub me: PeerId,
+    pub relay_only: bool,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl Net {
+    /// Builds the swarm, listens, and starts accepting the confab streams. Needs a tokio
+    /// runtime.
+    pub fn new(setup: &NetSetup, now: Instant) -> Result<Self, NetError> {
+        let key = keypair(&setup.identity)?;
+        let me = key.public().to_peer_id();
+        let mut swarm = build_swarm_with(
+            key,
+            NetConfig {
+                hole_punch: setup.hole_punch,
+            },
+        )?;
+        let relays = Relays::new(&setup.relays, now).map_err(NetError::Relay)?;
+        for addr in &setup.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut control = swarm.behaviour().stream.new_control();
+        let accept = |c: &mut libp2p_stream::Control, p: libp2p::StreamProtocol| {
+            let name = p.to_string();
+            c.accept(p)
+                .map_err(|e| NetError::Build(format!("cannot accept {name}: {e}")))
+        };
+        let room_incoming = accept(&mut control, ROOM_PROTOCOL)?;
+        let media_incoming = accept(&mut control, MEDIA_PROTOCOL)?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        streams::spawn_acceptors(room_incoming, media_incoming, inbound_tx.clone());
+        Ok(Self {
+            swarm,
+            control,
+            inbound_tx,
+            inbound_rx,
+            relays,
+            me,
+            relay_only: setup.relay_only,
+            listen_addrs: Vec::new(),
+        })
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.swarm.is_connected(peer)
+    }
+
+    /// Our direct listen addresses.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Starts the relay dials and reservations that are due.
+    pub fn drive_relays(&mut self, now: Instant) {
+        let swarm = &self.swarm;
+        let actions = self.relays.poll(now, &|p| swarm.is_connected(p));
+        self.apply_relay_actions(actions, now);
+    }
+
+    fn apply_relay_actions(&mut self, actions: Vec<RelayAction>, now: Instant) {
+        for action in actions {
+            match action {
+                RelayAction::Dial { relay, addr } => {
+                    let opts = DialOpts::peer_id(relay).addresses(vec![addr]).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        self.relays.dial_failed(relay, &error_chain(&e), now);
+                    }
+                }
+                RelayAction::Reserve { relay, addr } => {
+                    let result = self.swarm.listen_on(addr).map_err(|e| error_chain(&e));
+                    self.relays.reserving(relay, result, now);
+                }
+                RelayAction::RemoveListener(id) => {
+                    self.swarm.remove_listener(id);
+                }
+            }
+        }
+    }
+
+    /// Follows a swarm event on the node's side (listen addresses, relays); returns what
+    /// changed for the relays.
+    pub fn on_swarm_event(&mut self, ev: &SwarmEvent<BehaviourEvent>, now: Instant) -> Change {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } if !is_relayed(address) => {
+                // Circuit addresses are announced from the reservations (`Relays`).
+                info!(%address, "listening");
+                self.listen_addrs.push(address.clone());
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != address);
+            }
+            _ => {}
+        }
+        let Some(input) = relay_input(ev) else {
+            return Change::default();
+        };
+        let (change, actions) = self.relays.on_input(input, now);
+        self.apply_relay_actions(actions, now);
+        change
+    }
+
+    /// What we announce in Hello: circuit addresses first (they work from anywhere), then the
+    /// direct listen addresses, at most [`confab_protocol::wire::MAX_ADDRS`].
+    pub fn announced(&self) -> Vec<String> {
+        let direct = self
+            .listen_addrs
+            .iter()
+            .filter(|_| !self.relay_only)
+            .cloned();
+        self.relays
+            .circuit_addrs(self.me)
+            .into_iter()
+            .chain(direct)
+            .map(|a| a.to_string())
+            .filter(|a| a.len() <= confab_protocol::wire::MAX_ADDR_LEN)
+            .take(confab_protocol::wire::MAX_ADDRS)
+            .collect()
+    }
+
+    /// Dials a member: direct addresses, and circuit addresses on a dial of their own (a
+    /// pending direct dial must not hold the circuit back).
+    pub fn dial(&mut self, peer: PeerId, direct: Vec<Multiaddr>, circuits: Vec<Multiaddr>) {
+        if !direct.is_empty() {
+            let _ = self
+                .swarm
+                .dial(DialOpts::peer_id(peer).addresses(direct).build());
+        }
+        if !circuits.is_empty() {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::Always)
+                .addresses(circuits)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+    }
+
+    pub fn close_connections(&mut self, ids: &[ConnectionId]) {
+        for id in ids {
+            debug!(connection = %id, "closing the circuit");
+            self.swarm.close_connection(*id);
+        }
+    }
+
+    pub fn open_room_stream(&self, peer: PeerId) {
+        streams::open_room_stream(&self.control, peer, &self.inbound_tx);
+    }
+
+    /// Starts the reader and writer of a room stream.
+    pub fn start_room_stream(&self, peer: PeerId, stream: Stream) -> (u64, RoomWriter) {
+        streams::spawn_room_stream(peer, stream, self.inbound_tx.clone())
+    }
+
+    /// Starts sending media to `peer`; frames go into the returned queue.
+    pub fn start_media_sender(&self, peer: PeerId) -> Arc<MediaQueue> {
+        let q = MediaQueue::new();
+        streams::spawn_media_sender(
+            self.control.clone(),
+            peer,
+            q.clone(),
+            self.inbound_tx.clone(),
+        );
+        q
+    }
+
+    /// Asks `relays`' rendezvous who is registered under `namespace`.
+    pub fn discover(&mut self, namespace: &rendezvous::Namespace, relays: &[PeerId]) {
+        for relay in relays {
+            debug!(%relay, "looking the room up at the relay's rendezvous");
+            self.swarm.behaviour_mut().rendezvous.discover(
+                Some(namespace.clone()),
+                None,
+                None,
+                *relay,
+            );
+        }
+    }
+
+    /// Registers us at `relay`'s rendezvous under `namespace`.
+    pub fn register(&mut self, namespace: &rendezvous::Namespace, relay: PeerId) {
+        if let Err(e) =
+            self.swarm
+                .behaviour_mut()
+                .rendezvous
+                .register(namespace.clone(), relay, None)
+        {
+            debug!(%relay, error = %e, "cannot register at the relay's rendezvous");
+        }
+    }
+}
+
+/// The relays' view of a swarm event.
+fn relay_input(ev: &SwarmEvent<BehaviourEvent>) -> Option<RelayInput> {
+    Some(match ev {
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } if !endpoint.is_relayed() => RelayInput::Connected(*peer_id),
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            ..
+        })) => RelayInput::Identified(*peer_id),
+        SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            },
+        )) => RelayInput::Accepted {
+            relay: *relay_peer_id,
+            renewal: *renewal,
+        },
+        SwarmEvent::ListenerClosed {
+            listener_id,
+            reason,
+            ..
+        } => RelayInput::ListenerClosed {
+            listener: *listener_id,
+            error: reason
+                .as_ref()
+                .err()
+                .map(|e| (error_chain(e), Refusal::find(e))),
+        },
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established: 0,
+            ..
+        } => RelayInput::Disconnected(*peer_id),
+        SwarmEvent::OutgoingConnectionError {
+            peer_id: Some(peer_id),
+            error,
+            ..
+        } => RelayInput::DialFailed {
+            peer: *peer_id,
+            error: error_chain(error),
+        },
+        _ => return None,
+    })
+}

@@ -1,0 +1,387 @@
+//! The small tasks that move bytes on the two confab stream protocols.
+//!
+//! Each task only reads or writes; everything it learns goes to the node's driver as an
+//! [`Inbound`] message on one bounded queue. Room readers wait for room in that queue (control
+//! traffic must not be lost); media readers never wait (a full queue drops the frame, and the
+//! jitter buffer counts it as lost). Every write has a timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use confab_protocol::wire::{length_prefixed, MAX_MEDIA_FRAME, MAX_ROOM_FRAME};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{mpsc, Notify};
+use tracing::debug;
+
+use super::swarm::{MEDIA_PROTOCOL, ROOM_PROTOCOL};
+use crate::clock::now_ms;
+
+/// Most media frames queued toward one peer (100 ms at 20 ms frames).
+pub const MEDIA_QUEUE_FRAMES: usize = 5;
+/// Tracing target of one debug line per media frame sent or received (size and time, as
+/// a network observer would see them): `RUST_LOG=confab::wire=debug`.
+pub const WIRE_TARGET: &str = "confab::wire";
+/// Bound on inbound messages queued from stream tasks to the driver.
+pub const INBOUND_QUEUE: usize = 2048;
+/// Most inbound media streams one peer may hold open at once (one in use, the rest while a
+/// broken one is being replaced); beyond that new ones are dropped.
+const MAX_MEDIA_STREAMS_PER_PEER: usize = 4;
+/// Frames queued toward one room stream's writer.
+const ROOM_WRITER_QUEUE: usize = 64;
+/// How often a media sender reopens a broken stream before giving up.
+const MEDIA_OPEN_ATTEMPTS: u32 = 5;
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const ROOM_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const MEDIA_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ids of streams, so the end of an old stream is not taken for the end of a newer one from
+/// the same peer.
+static STREAM_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn next_stream_id() -> u64 {
+    STREAM_IDS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What stream tasks tell the driver.
+pub enum Inbound {
+    /// A room stream was opened (by us: `initiator`) or accepted.
+    RoomStream {
+        peer: PeerId,
+        stream: Stream,
+        initiator: bool,
+    },
+    RoomFrame {
+        peer: PeerId,
+        stream_id: u64,
+        bytes: Vec<u8>,
+    },
+    RoomClosed {
+        peer: PeerId,
+        stream_id: u64,
+    },
+    Media {
+        peer: PeerId,
+        stream_id: u64,
+        bytes: Vec<u8>,
+        at_ms: u64,
+    },
+    MediaEnd {
+        peer: PeerId,
+        stream_id: u64,
+    },
+    OpenFailed {
+        peer: PeerId,
+        reason: String,
+    },
+}
+
+/// Sends (frame, close-after) to a room stream's writer task.
+pub type RoomWriter = mpsc::Sender<(Vec<u8>, bool)>;
+
+/// A bounded queue that drops the oldest frame when full.
+pub struct MediaQueue {
+    inner: Mutex<(VecDeque<Vec<u8>>, bool)>,
+    notify: Notify,
+}
+
+impl MediaQueue {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new((VecDeque::with_capacity(MEDIA_QUEUE_FRAMES), false)),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Queues a frame; returns true if an older frame had to be dropped.
+    pub fn push(&self, frame: Vec<u8>) -> bool {
+        let mut dropped = false;
+        if let Ok(mut g) = self.inner.lock() {
+            if g.1 {
+                return false;
+            }
+            if g.0.len() >= MEDIA_QUEUE_FRAMES {
+                g.0.pop_front();
+                dropped = true;
+            }
+            g.0.push_back(frame);
+        }
+        self.notify.notify_one();
+        dropped
+    }
+
+    /// No more frames: the sender finishes what is queued and closes its stream.
+    pub fn close(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.1 = true;
+        }
+        self.notify.notify_one();
+    }
+
+    /// The next frame, or None once closed and empty.
+    async fn pop(&self) -> Option<Vec<u8>> {
+        loop {
+            if let Ok(mut g) = self.inner.lock() {
+                if let Some(f) = g.0.pop_front() {
+                    return Some(f);
+                }
+                if g.1 {
+                    return None;
+                }
+            } else {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Reads 2-byte length-prefixed frames of at most `limit` bytes.
+async fn read_frame(
+    stream: &mut (impl futures::AsyncRead + Unpin),
+    limit: usize,
+) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.ok()?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > limit {
+        return None;
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+async fn write_frame(
+    stream: &mut (impl futures::AsyncWrite + Unpin),
+    frame: &[u8],
+    timeout: Duration,
+) -> bool {
+    let Ok(bytes) = length_prefixed(frame) else {
+        return true;
+    };
+    let write = async {
+        stream.write_all(&bytes).await?;
+        stream.flush().await
+    };
+    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
+}
+
+/// Starts the reader and writer of a room stream; returns its id and the writer's queue.
+pub fn spawn_room_stream(
+    peer: PeerId,
+    stream: Stream,
+    inbound: mpsc::Sender<Inbound>,
+) -> (u64, RoomWriter) {
+    let stream_id = next_stream_id();
+    let (mut reader, mut writer) = stream.split();
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, bool)>(ROOM_WRITER_QUEUE);
+    tokio::spawn(async move {
+        while let Some(bytes) = read_frame(&mut reader, MAX_ROOM_FRAME).await {
+            let msg = Inbound::RoomFrame {
+                peer,
+                stream_id,
+                bytes,
+            };
+            if inbound.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = inbound.send(Inbound::RoomClosed { peer, stream_id }).await;
+    });
+    tokio::spawn(async move {
+        while let Some((frame, close)) = rx.recv().await {
+            if !write_frame(&mut writer, &frame, ROOM_WRITE_TIMEOUT).await || close {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
+    });
+    (stream_id, tx)
+}
+
+/// Opens a room stream to `peer`; the result arrives as [`Inbound::RoomStream`] or
+/// [`Inbound::OpenFailed`].
+pub fn open_room_stream(
+    control: &libp2p_stream::Control,
+    peer: PeerId,
+    inbound: &mpsc::Sender<Inbound>,
+) {
+    let mut control = control.clone();
+    let inbound = inbound.clone();
+    tokio::spawn(async move {
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, ROOM_PROTOCOL));
+        let msg = match opened.await {
+            Ok(Ok(stream)) => Inbound::RoomStream {
+                peer,
+                stream,
+                initiator: true,
+            },
+            Ok(Err(e)) => Inbound::OpenFailed {
+                peer,
+                reason: e.to_string(),
+            },
+            Err(_) => Inbound::OpenFailed {
+                peer,
+                reason: "timed out opening the room stream".into(),
+            },
+        };
+        let _ = inbound.send(msg).await;
+    });
+}
+
+/// Sends queued media to `peer`, reopening the stream if it breaks (an inbound stream can be
+/// dropped by the remote when several arrive at once), at most a few times.
+pub fn spawn_media_sender(
+    control: libp2p_stream::Control,
+    peer: PeerId,
+    queue: Arc<MediaQueue>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    tokio::spawn(async move {
+        let reason = send_media(control, peer, &queue).await;
+        if let Err(reason) = reason {
+            let _ = inbound.send(Inbound::OpenFailed { peer, reason }).await;
+        }
+    });
+}
+
+async fn send_media(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    queue: &MediaQueue,
+) -> Result<(), String> {
+    let mut last_error = String::new();
+    for _ in 0..MEDIA_OPEN_ATTEMPTS {
+        let open = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, MEDIA_PROTOCOL));
+        let mut stream = match open.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                last_error = e.to_string();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(_) => {
+                last_error = "timed out opening the media stream".into();
+                continue;
+            }
+        };
+        if pump_media(&mut stream, peer, queue).await {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
+            return Ok(());
+        }
+        debug!(%peer, "media stream broke; reopening it");
+        last_error = "media stream broke".into();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last_error)
+}
+
+/// Writes queued frames until the queue closes (true) or the stream breaks (false).
+async fn pump_media(stream: &mut Stream, peer: PeerId, queue: &MediaQueue) -> bool {
+    while let Some(frame) = queue.pop().await {
+        // What an observer of the wire sees: the size (the u16 prefix) and the time.
+        debug!(target: WIRE_TARGET, %peer, len = frame.len(), at_ms = now_ms(), "media frame sent");
+        if !write_frame(stream, &frame, MEDIA_WRITE_TIMEOUT).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Takes inbound streams off libp2p-stream's accept channels as fast as they come (those
+/// channels hold one stream; a second one arriving before the first is taken is dropped).
+pub fn spawn_acceptors(
+    mut room_incoming: libp2p_stream::IncomingStreams,
+    mut media_incoming: libp2p_stream::IncomingStreams,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let tx = inbound.clone();
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = room_incoming.next().await {
+            let msg = Inbound::RoomStream {
+                peer,
+                stream,
+                initiator: false,
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let active: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+        while let Some((peer, stream)) = media_incoming.next().await {
+            match StreamSlot::take(&active, peer) {
+                Some(slot) => spawn_media_receiver(peer, stream, inbound.clone(), slot),
+                None => debug!(%peer, "too many media streams from one peer; dropping one"),
+            }
+        }
+    });
+}
+
+/// One of a peer's inbound media stream slots; released on drop.
+struct StreamSlot {
+    active: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl StreamSlot {
+    fn take(active: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut map = active.lock().ok()?;
+        let n = map.entry(peer).or_insert(0);
+        if *n >= MAX_MEDIA_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            active: active.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.active.lock() {
+            if let Some(n) = map.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+fn spawn_media_receiver(
+    peer: PeerId,
+    mut stream: Stream,
+    inbound: mpsc::Sender<Inbound>,
+    slot: StreamSlot,
+) {
+    let stream_id = next_stream_id();
+    tokio::spawn(async move {
+        let _slot = slot;
+        while let Some(bytes) = read_frame(&mut stream, MAX_MEDIA_FRAME).await {
+            let at_ms = now_ms();
+            debug!(target: WIRE_TARGET, %peer, len = bytes.len(), at_ms, "media frame received");
+            // Never block the reader on a busy driver: a full queue drops the frame (the
+            // jitter buffer counts it as lost).
+            let msg = Inbound::Media {
+                peer,
+                stream_id,
+                bytes,
+                at_ms,
+            };
+            match inbound.try_send(msg) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        let _ = inbound.send(Inbound::MediaEnd { peer, stream_id }).await;
+    });
+}
