@@ -165,6 +165,13 @@ impl Session {
             next_stats: now.at + config.stats_every,
             stats_every: config.stats_every,
         };
+        // A connection left over from an earlier call carries no session: start afresh, so
+        // that both ends see the connection open and the lower peer id opens the session.
+        for pid in session.join.bootstrap_peers() {
+            if net.is_connected(pid) {
+                let _ = net.swarm.disconnect_peer_id(*pid);
+            }
+        }
         let reserved: Vec<PeerId> = net.relays.reserved().map(|(p, _)| p).collect();
         for relay in reserved {
             net.register(&session.namespace, relay);

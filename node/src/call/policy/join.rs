@@ -124,6 +124,11 @@ impl JoinPolicy {
         self.ever_admitted
     }
 
+    /// The members from the ticket (and rendezvous).
+    pub fn bootstrap_peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.bootstrap.keys()
+    }
+
     /// Whether `peer` came from the ticket or a rendezvous.
     pub fn is_bootstrap(&self, peer: &PeerId) -> bool {
         self.bootstrap.contains_key(peer)
