@@ -4,6 +4,7 @@
 //! that figures from different groups can be read side by side. To add another per-frame
 //! cost (encryption, say), write a `fn bench_xxx(c: &mut Criterion)` like the ones below and
 //! list it in `criterion_group!`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `confab` binary: real processes, real libp2p on loopback, real
 //! sled files, real Opus.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,6 +1,7 @@
 //! Privacy properties of the `confab` binary, one test per row of `docs/privacy.md`: the
 //! account lifecycle on the local store (export/import, delete, history, passphrase), damaged
 //! stores, recording notices, constant-bitrate media on the wire, and whom a node talks to.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

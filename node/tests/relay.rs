@@ -10,6 +10,7 @@
 //! The calls use the hidden `confab call --relay-only` (dial and announce only circuit
 //! addresses, so a call starts relayed); those that must stay relayed also pass the hidden
 //! `--no-hole-punch`, because on loopback a hole punch would succeed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

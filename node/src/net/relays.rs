@@ -556,7 +556,7 @@ mod tests {
     fn a_relay_is_dialed_then_reserved_after_identify_or_three_seconds() {
         let t0 = Instant::now();
         let (id, addr) = relay_addr();
-        let mut r = Relays::new(&[addr.clone()], t0).unwrap();
+        let mut r = Relays::new(std::slice::from_ref(&addr), t0).unwrap();
         let none = |_: &PeerId| false;
         assert_eq!(
             r.poll(t0, &none),

@@ -1,5 +1,6 @@
 //! Helpers shared by the node's integration tests (each test file uses some of them).
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
