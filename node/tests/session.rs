@@ -199,6 +199,25 @@ async fn mute_unmute_leave_and_rejoin_on_the_same_node() {
         assert!((800..=1300).contains(&gap), "ticks {gap} ms apart");
     }
 
+    // Alice starts and stops recording: bob is told both times.
+    a.start_recording(Box::new(Discard)).await.unwrap();
+    let recording = |want: bool| {
+        let a_id = a_id.clone();
+        move |ev: &CallEvent| match ev {
+            CallEvent::RecordingChanged { peer, on, .. } if *peer == a_id && *on == want => {
+                Some(())
+            }
+            _ => None,
+        }
+    };
+    wait_for(&mut b_events, Duration::from_secs(5), recording(true)).await;
+    a.stop_recording().await.unwrap();
+    wait_for(&mut b_events, Duration::from_secs(5), recording(false)).await;
+    // A new source is heard: bob switches to silence.
+    let switched_at = now_ms();
+    b.set_source(Box::new(source::Silence)).await.unwrap();
+    wait_settled(&heard, &b_id, switched_at, true).await;
+
     // Bob leaves; alice sees him go.
     let end = b.leave().await.unwrap();
     assert!(end.error.is_none(), "{:?}", end.error);

@@ -89,6 +89,13 @@ pub struct Store {
     seal: std::sync::OnceLock<super::seal::SealKey>,
 }
 
+/// Whether another process holds the lock on the database in `db_dir`.
+fn is_locked(db_dir: &Path) -> bool {
+    std::fs::File::open(db_dir.join("db"))
+        .map(|f| fs2::FileExt::try_lock_exclusive(&f).is_err())
+        .unwrap_or(false)
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -106,9 +113,8 @@ impl Store {
                 sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
                     StoreError::Locked(dir.to_path_buf())
                 }
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                    StoreError::Locked(dir.to_path_buf())
-                }
+                // sled reports a held lock as a plain IO error: look at the lock itself.
+                sled::Error::Io(_) if is_locked(&path) => StoreError::Locked(dir.to_path_buf()),
                 sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
                     StoreError::Corrupt {
                         path: dir.to_path_buf(),
