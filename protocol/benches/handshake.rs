@@ -1,6 +1,8 @@
 //! Cost of admitting one member: a full pairwise handshake (both sides), and of the
 //! per-frame sender-key crypto.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmarks: a failure here is a broken benchmark
+
 use confab_protocol::crypto::{Identity, ReceiverKeys, SenderKey};
 use confab_protocol::room::{Room, RoomConfig};
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -1,6 +1,8 @@
 //! Cost of the jitter buffer per frame: one push plus the polls that play it.
 //! Run with `cargo bench -p confab-protocol --bench jitter`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmarks: a failure here is a broken benchmark
+
 use confab_protocol::jitter::{JitterBuffer, JitterConfig};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 

@@ -1,7 +1,7 @@
 //! In-process integration tests: the real relay (`confab_relay::start`) on 127.0.0.1 and
 //! real libp2p clients.
 
-use std::{path::Path, time::Duration};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use confab_relay::{
@@ -19,7 +19,9 @@ fn test_config(dir: &Path) -> Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
     };
-    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")];
+    c.listen = vec![Multiaddr::empty()
+        .with(Protocol::Ip4(Ipv4Addr::LOCALHOST))
+        .with(Protocol::Tcp(0))];
     c
 }
 
