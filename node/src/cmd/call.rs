@@ -153,14 +153,20 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         crate::clock::now_ms,
         || {
             runtime.block_on(async {
-                let node = Node::start(node_config).map_err(Failure::other)?;
-                let (handle, events) = node
-                    .start_call(config, source, sink)
-                    .await
-                    .map_err(Failure::other)?;
-                let report = follow(&handle, events, duration).await;
-                tokio::time::sleep(GOODBYE).await;
-                node.shutdown().await;
+                // The driver runs here, on the main thread, beside the client.
+                let (node, driver) = Node::build(node_config).map_err(Failure::other)?;
+                let node = node.attached();
+                let client = async {
+                    let report = match node.start_call(config, source, sink).await {
+                        Ok((handle, events)) => follow(&handle, events, duration).await,
+                        Err(e) => Err(Failure::other(e)),
+                    };
+                    // Whatever happened, the driver ends with the node.
+                    tokio::time::sleep(GOODBYE).await;
+                    node.shutdown().await;
+                    report
+                };
+                let ((), report) = tokio::join!(driver, client);
                 report
             })
         },

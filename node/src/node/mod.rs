@@ -32,28 +32,67 @@ pub(crate) enum NodeCommand {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A node whose driver the caller runs (see [`Node::build`]).
+pub struct DetachedNode {
+    inbox: mpsc::Sender<NodeCommand>,
+    peer_id: PeerId,
+    identity: [u8; 32],
+}
+
+impl DetachedNode {
+    /// The node, once its driver runs as `task`.
+    pub fn with_task(self, task: tokio::task::JoinHandle<()>) -> Node {
+        Node {
+            inbox: self.inbox,
+            peer_id: self.peer_id,
+            identity: self.identity,
+            task: Some(task),
+        }
+    }
+
+    /// The node, with its driver run by the caller.
+    pub fn attached(self) -> Node {
+        Node {
+            inbox: self.inbox,
+            peer_id: self.peer_id,
+            identity: self.identity,
+            task: None,
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     inbox: mpsc::Sender<NodeCommand>,
     peer_id: PeerId,
     identity: [u8; 32],
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
     /// Builds the swarm, starts listening and keeping reservations, and runs the driver on
     /// the current tokio runtime.
     pub fn start(config: NodeConfig) -> Result<Node, NetError> {
+        let (node, driver) = Self::build(config)?;
+        Ok(node.with_task(tokio::spawn(driver)))
+    }
+
+    /// Like [`Node::start`], but hands the driver back for the caller to run where it wants
+    /// (the command line runs it on the runtime's main thread, so that one thread does the
+    /// driver's work and no worker hands each frame on). The node does nothing until the
+    /// driver runs; [`Node::shutdown`] ends it.
+    pub fn build(
+        config: NodeConfig,
+    ) -> Result<(DetachedNode, impl std::future::Future<Output = ()> + Send), NetError> {
         let net = Net::new(&config, Now::read().at)?;
         let peer_id = net.me;
         let (inbox, rx) = mpsc::channel(INBOX);
-        let task = tokio::spawn(driver::Driver::new(net, rx).run());
-        Ok(Node {
+        let node = DetachedNode {
             inbox,
             peer_id,
             identity: config.identity,
-            task,
-        })
+        };
+        Ok((node, driver::Driver::new(net, rx).run()))
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -101,6 +140,8 @@ impl Node {
         if self.inbox.send(NodeCommand::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        let _ = self.task.await;
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
     }
 }
