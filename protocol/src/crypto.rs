@@ -37,7 +37,7 @@ pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 const IDENTITY_CONTEXT: &[u8] = b"confab-noise-identity-v1";
 const PSK_SALT: &[u8] = b"confab-room-psk-v1";
 const RATCHET_INFO: &[u8] = b"confab-sender-key-ratchet-v1";
-const NAMESPACE_CONTEXT: &[u8] = b"confab-rendezvous-v1";
+const NAMESPACE_CONTEXT: &[u8] = b"confab-rendezvous-v2";
 /// Size of the identity proof in handshake payloads: public key + signature.
 pub const IDENTITY_PROOF_LEN: usize = 32 + 64;
 /// How many past epochs of one sender a receiver keeps keys for (in-flight frames).
@@ -149,11 +149,14 @@ fn unreachable_expand() {
     // call sites above stay free of panics.
 }
 
-/// The rendezvous namespace under which members of a room register at a relay: a hash of
-/// the room id, so that the relay never learns the room id itself.
-pub fn rendezvous_namespace(room_id: &RoomId) -> String {
+/// The rendezvous namespace under which members of a room register at a relay: a keyed hash
+/// of the room id under the room secret, so that the relay never learns the room id, and
+/// nobody without the ticket can compute (or look up) a room's namespace even if the room
+/// id is known.
+pub fn rendezvous_namespace(room_id: &RoomId, room_secret: &[u8; 32]) -> String {
     let mut h = Blake2s256::new();
     h.update(NAMESPACE_CONTEXT);
+    h.update(room_secret);
     h.update(room_id);
     let d = h.finalize();
     d[..20].iter().map(|b| format!("{b:02x}")).collect()

@@ -13,14 +13,14 @@ use super::policy::PathState;
 use super::receive::Receiver;
 use super::session::Session;
 use crate::clock::Now;
-use crate::net::streams::{MediaQueue, RoomWriter};
+use crate::net::streams::{MediaQueue, RoomStream};
 use crate::net::{peer_id, Net};
 
 /// One peer of the call (a member, or one that is connecting).
 #[derive(Default)]
 pub struct PeerCtx {
-    /// The room stream: its id and its writer's queue.
-    pub room_stream: Option<(u64, RoomWriter)>,
+    /// The room stream (dropping it stops its reader).
+    pub room_stream: Option<RoomStream>,
     pub media_out: Option<Arc<MediaQueue>>,
     pub remote: Option<Receiver>,
     pub path: PathState,
@@ -33,7 +33,12 @@ pub struct PeerCtx {
 
 impl PeerCtx {
     pub fn room_stream_id(&self) -> Option<u64> {
-        self.room_stream.as_ref().map(|(id, _)| *id)
+        self.room_stream.as_ref().map(|s| s.id)
+    }
+
+    /// Nothing here is worth keeping once the peer is gone: not a member, nothing heard.
+    pub fn is_stale(&self) -> bool {
+        !self.member && self.remote.is_none() && self.room_stream.is_none() && !self.opening
     }
 }
 
@@ -58,8 +63,14 @@ pub fn maybe_open_room_stream(
 }
 
 /// Hands what the room queued to the room streams' writers, never waiting: a writer that
-/// is stuck loses its stream (the peer is not keeping up with control traffic).
-pub fn flush_transmits(room: &mut Room, peers: &mut std::collections::HashMap<PeerId, PeerCtx>) {
+/// is stuck loses its stream (the peer is not keeping up with control traffic), and the room
+/// is told that the session is gone.
+pub fn flush_transmits(
+    room: &mut Room,
+    peers: &mut std::collections::HashMap<PeerId, PeerCtx>,
+    now_ms: u64,
+) {
+    let mut stuck = Vec::new();
     while let Some(t) = room.poll_transmit() {
         let Some(pid) = peer_id(&t.peer) else {
             continue;
@@ -67,14 +78,20 @@ pub fn flush_transmits(room: &mut Room, peers: &mut std::collections::HashMap<Pe
         let Some(ctx) = peers.get_mut(&pid) else {
             continue;
         };
-        if let Some((_, tx)) = &ctx.room_stream {
-            if tx.try_send((t.frame, t.close)).is_err() {
+        if let Some(s) = &ctx.room_stream {
+            if s.writer.try_send((t.frame, t.close)).is_err() {
+                debug!(peer = %pid, "room stream writer stuck; ending the session");
                 ctx.room_stream = None;
+                stuck.push(t.peer);
+                continue;
             }
         }
         if t.close {
             ctx.room_stream = None;
         }
+    }
+    for peer in stuck {
+        room.peer_disconnected(now_ms, &peer);
     }
 }
 
@@ -120,6 +137,9 @@ impl Session {
             ctx.path.migrating = false;
             self.room.peer_disconnected(now.ms, &peer.to_bytes());
             ctx.room_stream = None;
+            if ctx.is_stale() {
+                self.peers.remove(&peer);
+            }
         } else if ctx.path.direct_only_after_punch() && ctx.room_stream.is_none() {
             // The circuit is gone and the direct connection stays: reopen the session there
             // if it broke with the circuit.

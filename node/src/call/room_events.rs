@@ -119,6 +119,9 @@ impl Session {
             q.close();
         }
         ctx.room_stream = None;
+        if !migrating {
+            net.admit_media(pid, false);
+        }
         if migrating {
             maybe_open_room_stream(&self.me, pid, ctx, &self.room, net);
         }
@@ -143,18 +146,25 @@ impl Session {
         let text = pid.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
         let ctx = pid.and_then(|p| self.peers.get_mut(&p).map(|c| (p, c)));
         let migrating = ctx.as_ref().is_some_and(|(_, c)| c.path.migrating);
+        let known = pid.is_some_and(|p| self.join.is_bootstrap(&p));
         if migrating {
             debug!(peer = %text, %reason, "a session broke while moving to the direct connection");
-        } else {
+        } else if known || self.failure_reports.allow(now.at) {
             warn!(peer = %text, %reason, "admission failed");
             self.out.emit(CallEvent::AdmissionFailed {
                 at_ms: now.ms,
                 peer: text,
                 reason: reason.to_string(),
             });
+        } else {
+            // A stranger's failures beyond the budget are counted, not logged one by one.
+            debug!(peer = %text, %reason, "admission failed");
         }
         if let Some((p, ctx)) = ctx {
             ctx.room_stream = None;
+            if !ctx.member {
+                net.admit_media(p, false);
+            }
             if reason == AdmissionFailure::Incomplete
                 && ctx.room_retries < ROOM_RETRIES
                 && net.is_connected(&p)
@@ -164,6 +174,11 @@ impl Session {
             }
         }
         self.join.on_admission_failed(pid, &reason);
+        if let Some(p) = pid {
+            if self.peers.get(&p).is_some_and(|c| c.is_stale()) && !net.is_connected(&p) {
+                self.peers.remove(&p);
+            }
+        }
     }
 
     fn on_roster_member(&mut self, net: &mut Net, info: PeerInfo, now: Now) {

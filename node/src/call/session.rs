@@ -33,6 +33,9 @@ use crate::net::{peer_id, BehaviourEvent, Net};
 
 /// Most reports of senders that left kept until the call ends.
 const MAX_FINISHED: usize = 1024;
+/// Most sessions being set up at once with peers that are not members: a flood of room
+/// streams from strangers waits its turn instead of costing a handshake each.
+const MAX_HANDSHAKES: usize = 32;
 
 /// What a call is, besides its audio.
 #[derive(Debug, Clone)]
@@ -87,6 +90,40 @@ pub struct Session {
     done: bool,
     next_stats: Instant,
     stats_every: Duration,
+    /// How many admission failures of strangers are still reported one by one.
+    pub(super) failure_reports: ReportBudget,
+}
+
+/// A budget of reports: a burst, refilled slowly, so that a flood of failed handshakes
+/// costs neither a log line nor an event each.
+pub struct ReportBudget {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl ReportBudget {
+    const BURST: u32 = 16;
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: Self::BURST,
+            refilled: now,
+        }
+    }
+
+    /// Whether one more report fits.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.refilled) >= Self::EVERY {
+            self.refilled = now;
+            self.tokens = (self.tokens + 1).min(Self::BURST);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// What a call starts from.
@@ -113,6 +150,7 @@ impl Session {
         let me = net.me;
         let namespace = rendezvous::Namespace::new(confab_protocol::crypto::rendezvous_namespace(
             &config.ticket.room_id,
+            &config.ticket.room_secret,
         ))
         .map_err(|e| {
             CallError::Net(std::sync::Arc::new(crate::net::NetError::Build(
@@ -164,6 +202,7 @@ impl Session {
             done: false,
             next_stats: now.at + config.stats_every,
             stats_every: config.stats_every,
+            failure_reports: ReportBudget::new(now.at),
         };
         // A connection left over from an earlier call carries no session: start afresh, so
         // that both ends see the connection open and the lower peer id opens the session.
@@ -315,7 +354,8 @@ impl Session {
                 peer,
                 stream,
                 initiator,
-            } => self.on_room_stream(net, peer, stream, initiator, now),
+                slot,
+            } => self.on_room_stream(net, peer, stream, initiator, slot, now),
             Inbound::RoomFrame {
                 peer,
                 stream_id,
@@ -355,9 +395,16 @@ impl Session {
         peer: PeerId,
         stream: libp2p::Stream,
         initiator: bool,
+        slot: Option<crate::net::streams::StreamSlot>,
         now: Now,
     ) {
-        let writer = net.start_room_stream(peer, stream);
+        let newcomer = !self.room.knows(&peer.to_bytes());
+        if newcomer && !initiator && self.handshakes() >= MAX_HANDSHAKES {
+            debug!(%peer, "too many handshakes at once; dropping a room stream");
+            return;
+        }
+        let writer = net.start_room_stream(peer, stream, slot);
+        net.admit_media(peer, true);
         let ctx = self.peers.entry(peer).or_default();
         if initiator {
             ctx.opening = false;
@@ -489,11 +536,11 @@ impl Session {
         }
         // Send what the room queued before acting on its events: a Reject must go out
         // before the event handler drops the stream.
-        flush_transmits(&mut self.room, &mut self.peers);
+        flush_transmits(&mut self.room, &mut self.peers, now.ms);
         while let Some(ev) = self.room.poll_event() {
             self.on_room_event(net, ev, now);
         }
-        flush_transmits(&mut self.room, &mut self.peers);
+        flush_transmits(&mut self.room, &mut self.peers, now.ms);
         if now.at >= self.next_stats {
             self.next_stats = now.at + self.stats_every;
             for r in self.peers.values_mut().filter_map(|c| c.remote.as_mut()) {
@@ -637,9 +684,14 @@ impl Session {
 
     /// Ends the call: says goodbye, plays out and closes what was heard, and sends the last
     /// event and the replies to `leave`.
-    pub fn finish(mut self, now: Now) {
+    pub fn finish(mut self, net: &mut Net, now: Now) {
+        net.admit_no_media();
+        let reserved: Vec<PeerId> = net.relays.reserved().map(|(p, _)| p).collect();
+        for relay in reserved {
+            net.unregister(&self.namespace, relay);
+        }
         self.room.leave(now.ms);
-        flush_transmits(&mut self.room, &mut self.peers);
+        flush_transmits(&mut self.room, &mut self.peers, now.ms);
         self.capture.stop();
         let mut received = std::mem::take(&mut self.finished);
         let peers = std::mem::take(&mut self.peers);
@@ -678,6 +730,14 @@ impl Session {
             sinks.push(rec.as_mut());
         }
         r.drain(now_ms, &mut sinks);
+    }
+
+    /// Sessions being set up (a room stream, no admission yet).
+    fn handshakes(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|c| c.room_stream.is_some() && !c.member)
+            .count()
     }
 
     /// Whether a media sender should start toward members now.

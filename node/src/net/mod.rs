@@ -23,7 +23,9 @@ pub use swarm::{
 
 use crate::clock::Instant;
 use relays::{error_chain, Change, Refusal, RelayAction, RelayInput, Relays};
-use streams::{Inbound, MediaQueue, RoomWriter, INBOUND_QUEUE};
+use streams::{
+    Admitted, Inbound, MediaQueue, RoomStream, StreamSlot, INBOUND_QUEUE, MEDIA_INBOUND_QUEUE,
+};
 
 /// How a node's network side is set up.
 #[derive(Debug, Clone)]
@@ -44,6 +46,10 @@ pub struct Net {
     pub control: libp2p_stream::Control,
     pub inbound_tx: mpsc::Sender<Inbound>,
     pub inbound_rx: mpsc::Receiver<Inbound>,
+    /// Media frames, on a queue of their own.
+    pub media_rx: mpsc::Receiver<Inbound>,
+    /// The peers whose media streams are accepted.
+    pub admitted: Admitted,
     pub relays: Relays,
     pub me: PeerId,
     pub relay_only: bool,
@@ -80,12 +86,22 @@ impl Net {
         let room_incoming = accept(&mut control, ROOM_PROTOCOL)?;
         let media_incoming = accept(&mut control, MEDIA_PROTOCOL)?;
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        streams::spawn_acceptors(room_incoming, media_incoming, inbound_tx.clone());
+        let (media_tx, media_rx) = mpsc::channel(MEDIA_INBOUND_QUEUE);
+        let admitted = Admitted::default();
+        streams::spawn_acceptors(
+            room_incoming,
+            media_incoming,
+            inbound_tx.clone(),
+            media_tx,
+            admitted.clone(),
+        );
         Ok(Self {
             swarm,
             control,
             inbound_tx,
             inbound_rx,
+            media_rx,
+            admitted,
             relays,
             me,
             relay_only: setup.relay_only,
@@ -198,8 +214,31 @@ impl Net {
     }
 
     /// Starts the reader and writer of a room stream.
-    pub fn start_room_stream(&self, peer: PeerId, stream: Stream) -> (u64, RoomWriter) {
-        streams::spawn_room_stream(peer, stream, self.inbound_tx.clone())
+    pub fn start_room_stream(
+        &self,
+        peer: PeerId,
+        stream: Stream,
+        slot: Option<StreamSlot>,
+    ) -> RoomStream {
+        streams::spawn_room_stream(peer, stream, slot, self.inbound_tx.clone())
+    }
+
+    /// Accept media streams from `peer` (in a handshake or admitted) or no longer.
+    pub fn admit_media(&self, peer: PeerId, yes: bool) {
+        if let Ok(mut set) = self.admitted.lock() {
+            if yes {
+                set.insert(peer);
+            } else {
+                set.remove(&peer);
+            }
+        }
+    }
+
+    /// Accept media from nobody (the call ended).
+    pub fn admit_no_media(&self) {
+        if let Ok(mut set) = self.admitted.lock() {
+            set.clear();
+        }
     }
 
     /// Starts sending media to `peer`; frames go into the returned queue.
@@ -225,6 +264,14 @@ impl Net {
                 *relay,
             );
         }
+    }
+
+    /// Takes our registration under `namespace` back from `relay`'s rendezvous.
+    pub fn unregister(&mut self, namespace: &rendezvous::Namespace, relay: PeerId) {
+        self.swarm
+            .behaviour_mut()
+            .rendezvous
+            .unregister(namespace.clone(), relay);
     }
 
     /// Registers us at `relay`'s rendezvous under `namespace`.

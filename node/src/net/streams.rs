@@ -24,8 +24,18 @@ pub const MEDIA_QUEUE_FRAMES: usize = 5;
 /// Tracing target of one debug line per media frame sent or received (size and time, as
 /// a network observer would see them): `RUST_LOG=confab::wire=debug`.
 pub const WIRE_TARGET: &str = "confab::wire";
-/// Bound on inbound messages queued from stream tasks to the driver.
-pub const INBOUND_QUEUE: usize = 2048;
+/// Bound on room-stream messages queued from stream tasks to the driver.
+pub const INBOUND_QUEUE: usize = 1024;
+/// Bound on media frames queued from stream tasks to the driver (its own queue, so no flood
+/// of control frames can crowd media out).
+pub const MEDIA_INBOUND_QUEUE: usize = 2048;
+/// Room frames one stream may send per second on average, and in a burst: far above what a
+/// session needs (a handshake, Hello, keys, heartbeats), far below a flood. A stream over
+/// its budget is closed.
+const ROOM_FRAMES_PER_SEC: f64 = 50.0;
+const ROOM_FRAMES_BURST: f64 = 200.0;
+/// Most room streams one peer may have open towards us at once.
+const MAX_ROOM_STREAMS_PER_PEER: usize = 2;
 /// Most inbound media streams one peer may hold open at once (one in use, the rest while a
 /// broken one is being replaced); beyond that new ones are dropped.
 const MAX_MEDIA_STREAMS_PER_PEER: usize = 4;
@@ -53,6 +63,8 @@ pub enum Inbound {
         peer: PeerId,
         stream: Stream,
         initiator: bool,
+        /// The accepted stream's place in the peer's allowance, held while it runs.
+        slot: Option<StreamSlot>,
     },
     RoomFrame {
         peer: PeerId,
@@ -81,6 +93,51 @@ pub enum Inbound {
 
 /// Sends (frame, close-after) to a room stream's writer task.
 pub type RoomWriter = mpsc::Sender<(Vec<u8>, bool)>;
+
+/// A running room stream: its id, its writer's queue, and its reader, which stops when the
+/// handle is dropped (a replaced or abandoned stream does not keep reading).
+pub struct RoomStream {
+    pub id: u64,
+    pub writer: RoomWriter,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for RoomStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A token bucket: `allow()` says whether one more frame fits the budget.
+struct Budget {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            tokens: ROOM_FRAMES_BURST,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * ROOM_FRAMES_PER_SEC;
+        self.tokens = (self.tokens + refill).min(ROOM_FRAMES_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// The peers whose media we accept (those the room is handshaking with or has admitted);
+/// the call keeps it current, the media acceptor reads it.
+pub type Admitted = Arc<Mutex<std::collections::HashSet<PeerId>>>;
 
 /// A bounded queue that drops the oldest frame when full.
 pub struct MediaQueue {
@@ -147,7 +204,8 @@ async fn read_frame(
     let mut len = [0u8; 2];
     stream.read_exact(&mut len).await.ok()?;
     let len = usize::from(u16::from_be_bytes(len));
-    if len > limit {
+    // No frame is empty: a zero-length one ends the stream like an oversized one.
+    if len == 0 || len > limit {
         return None;
     }
     let mut buf = vec![0u8; len];
@@ -170,17 +228,24 @@ async fn write_frame(
     matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
 }
 
-/// Starts the reader and writer of a room stream; returns its id and the writer's queue.
+/// Starts the reader and writer of a room stream.
 pub fn spawn_room_stream(
     peer: PeerId,
     stream: Stream,
+    slot: Option<StreamSlot>,
     inbound: mpsc::Sender<Inbound>,
-) -> (u64, RoomWriter) {
+) -> RoomStream {
     let stream_id = next_stream_id();
     let (mut reader, mut writer) = stream.split();
     let (tx, mut rx) = mpsc::channel::<(Vec<u8>, bool)>(ROOM_WRITER_QUEUE);
-    tokio::spawn(async move {
+    let read = tokio::spawn(async move {
+        let _slot = slot;
+        let mut budget = Budget::new();
         while let Some(bytes) = read_frame(&mut reader, MAX_ROOM_FRAME).await {
+            if !budget.allow() {
+                debug!(%peer, "room stream over its frame budget; closing it");
+                break;
+            }
             let msg = Inbound::RoomFrame {
                 peer,
                 stream_id,
@@ -200,7 +265,11 @@ pub fn spawn_room_stream(
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
     });
-    (stream_id, tx)
+    RoomStream {
+        id: stream_id,
+        writer: tx,
+        reader: read.abort_handle(),
+    }
 }
 
 /// Opens a room stream to `peer`; the result arrives as [`Inbound::RoomStream`] or
@@ -219,6 +288,7 @@ pub fn open_room_stream(
                 peer,
                 stream,
                 initiator: true,
+                slot: None,
             },
             Ok(Err(e)) => Inbound::OpenFailed {
                 peer,
@@ -255,7 +325,9 @@ async fn send_media(
     queue: &MediaQueue,
 ) -> Result<(), String> {
     let mut last_error = String::new();
-    for _ in 0..MEDIA_OPEN_ATTEMPTS {
+    let mut attempts = 0;
+    while attempts < MEDIA_OPEN_ATTEMPTS {
+        attempts += 1;
         let open = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, MEDIA_PROTOCOL));
         let mut stream = match open.await {
             Ok(Ok(s)) => s,
@@ -269,9 +341,14 @@ async fn send_media(
                 continue;
             }
         };
-        if pump_media(&mut stream, peer, queue).await {
+        let (finished, sent) = pump_media(&mut stream, peer, queue).await;
+        if finished {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
             return Ok(());
+        }
+        if sent > 0 {
+            // The stream worked for a while: this break is a new one, not a retry.
+            attempts = 0;
         }
         debug!(%peer, "media stream broke; reopening it");
         last_error = "media stream broke".into();
@@ -280,34 +357,46 @@ async fn send_media(
     Err(last_error)
 }
 
-/// Writes queued frames until the queue closes (true) or the stream breaks (false).
-async fn pump_media(stream: &mut Stream, peer: PeerId, queue: &MediaQueue) -> bool {
+/// Writes queued frames until the queue closes (true) or the stream breaks (false); also
+/// says how many frames went out.
+async fn pump_media(stream: &mut Stream, peer: PeerId, queue: &MediaQueue) -> (bool, u64) {
+    let mut sent = 0;
     while let Some(frame) = queue.pop().await {
         // What an observer of the wire sees: the size (the u16 prefix) and the time.
         debug!(target: WIRE_TARGET, %peer, len = frame.len(), at_ms = now_ms(), "media frame sent");
         if !write_frame(stream, &frame, MEDIA_WRITE_TIMEOUT).await {
-            return false;
+            return (false, sent);
         }
+        sent += 1;
     }
-    true
+    (true, sent)
 }
 
 /// Takes inbound streams off libp2p-stream's accept channels as fast as they come (those
 /// channels hold one stream; a second one arriving before the first is taken is dropped).
+/// Media streams are taken only from peers in `admitted`; room streams from anyone (that is
+/// how a newcomer asks in), at most [`MAX_ROOM_STREAMS_PER_PEER`] per peer at once.
 pub fn spawn_acceptors(
     mut room_incoming: libp2p_stream::IncomingStreams,
     mut media_incoming: libp2p_stream::IncomingStreams,
     inbound: mpsc::Sender<Inbound>,
+    media: mpsc::Sender<Inbound>,
+    admitted: Admitted,
 ) {
-    let tx = inbound.clone();
     tokio::spawn(async move {
+        let active: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
         while let Some((peer, stream)) = room_incoming.next().await {
+            let Some(slot) = StreamSlot::take(&active, peer, MAX_ROOM_STREAMS_PER_PEER) else {
+                debug!(%peer, "too many room streams from one peer; dropping one");
+                continue;
+            };
             let msg = Inbound::RoomStream {
                 peer,
                 stream,
                 initiator: false,
+                slot: Some(slot),
             };
-            if tx.send(msg).await.is_err() {
+            if inbound.send(msg).await.is_err() {
                 return;
             }
         }
@@ -315,25 +404,29 @@ pub fn spawn_acceptors(
     tokio::spawn(async move {
         let active: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
         while let Some((peer, stream)) = media_incoming.next().await {
-            match StreamSlot::take(&active, peer) {
-                Some(slot) => spawn_media_receiver(peer, stream, inbound.clone(), slot),
+            if !admitted.lock().is_ok_and(|a| a.contains(&peer)) {
+                debug!(%peer, "media stream from a peer outside the room; dropping it");
+                continue;
+            }
+            match StreamSlot::take(&active, peer, MAX_MEDIA_STREAMS_PER_PEER) {
+                Some(slot) => spawn_media_receiver(peer, stream, media.clone(), slot),
                 None => debug!(%peer, "too many media streams from one peer; dropping one"),
             }
         }
     });
 }
 
-/// One of a peer's inbound media stream slots; released on drop.
-struct StreamSlot {
+/// One of a peer's inbound stream slots; released on drop.
+pub struct StreamSlot {
     active: Arc<Mutex<HashMap<PeerId, usize>>>,
     peer: PeerId,
 }
 
 impl StreamSlot {
-    fn take(active: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+    fn take(active: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId, max: usize) -> Option<Self> {
         let mut map = active.lock().ok()?;
         let n = map.entry(peer).or_insert(0);
-        if *n >= MAX_MEDIA_STREAMS_PER_PEER {
+        if *n >= max {
             return None;
         }
         *n += 1;

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use libp2p::{
-    dcutr, identify, identity::Keypair, noise, ping, relay, rendezvous,
-    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol, Swarm, SwarmBuilder,
+    connection_limits, dcutr, identify, identity::Keypair, memory_connection_limits, noise, ping,
+    relay, rendezvous, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
 
 /// One bidirectional stream per pair of members: Noise handshake, then control messages.
@@ -15,8 +15,19 @@ pub const MEDIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/confab/media/1"
 /// Identify protocol version string.
 pub const AGENT_PROTOCOL: &str = "/confab/1";
 
+/// Connections a node takes at once: enough for a full room over direct and relayed paths
+/// with redials, not enough for one host to exhaust the node's memory or file descriptors.
+pub const MAX_INCOMING_PENDING: u32 = 64;
+pub const MAX_INCOMING: u32 = 256;
+pub const MAX_PER_PEER: u32 = 4;
+/// Above this process memory, new connections are refused.
+pub const MAX_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Bounds on connections (first, so refusals happen before anything else is spent).
+    pub limits: connection_limits::Behaviour,
+    pub memory: memory_connection_limits::Behaviour,
     pub relay_client: relay::client::Behaviour,
     /// Hole punching; off only when a test wants a call to stay relayed.
     pub dcutr: Toggle<dcutr::Behaviour>,
@@ -71,6 +82,13 @@ pub fn build_swarm_with(key: Keypair, cfg: NetConfig) -> Result<Swarm<Behaviour>
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| err(&e))?
         .with_behaviour(|key, relay_client| Behaviour {
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_pending_incoming(Some(MAX_INCOMING_PENDING))
+                    .with_max_established_incoming(Some(MAX_INCOMING))
+                    .with_max_established_per_peer(Some(MAX_PER_PEER)),
+            ),
+            memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_MEMORY_BYTES),
             relay_client,
             dcutr: Toggle::from(
                 cfg.hole_punch

@@ -42,6 +42,7 @@ impl Driver {
             let wake = self.next_wake(now);
             tokio::select! {
                 ev = self.net.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some(msg) = self.net.media_rx.recv() => self.on_inbound(msg),
                 Some(msg) = self.net.inbound_rx.recv() => self.on_inbound(msg),
                 cmd = self.inbox.recv() => self.on_command(cmd),
                 cmd = next_call_command(&mut self.call) => self.on_call_command(cmd),
@@ -50,7 +51,7 @@ impl Driver {
             self.on_tick();
         }
         if let Some(call) = self.call.take() {
-            call.finish(Now::read());
+            call.finish(&mut self.net, Now::read());
         }
     }
 
@@ -107,7 +108,7 @@ impl Driver {
             NodeCommand::Shutdown(reply) => {
                 self.stopping = true;
                 if let Some(call) = self.call.take() {
-                    call.finish(Now::read());
+                    call.finish(&mut self.net, Now::read());
                 }
                 let _ = reply.send(());
             }
@@ -128,7 +129,7 @@ impl Driver {
         call.on_tick(&mut self.net, now);
         if call.is_done() {
             if let Some(call) = self.call.take() {
-                call.finish(now);
+                call.finish(&mut self.net, now);
             }
         }
     }

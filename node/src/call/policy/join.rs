@@ -342,9 +342,13 @@ impl JoinPolicy {
         }
     }
 
-    /// A handshake failed. A refusal (wrong secret, full room, bad identity) before anyone
-    /// admitted us ends a joiner's call.
+    /// A handshake failed. A refusal (wrong secret, full room, bad identity) by a member of
+    /// the ticket before anyone admitted us ends a joiner's call; anyone else's "refusal" is
+    /// a stranger talking (the Reject is not authenticated by the room) and changes nothing.
     pub fn on_admission_failed(&mut self, peer: Option<PeerId>, reason: &AdmissionFailure) {
+        if !peer.is_some_and(|p| self.bootstrap.contains_key(&p)) {
+            return;
+        }
         let refused = matches!(
             reason,
             AdmissionFailure::BadSecret

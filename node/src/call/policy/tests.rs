@@ -171,6 +171,13 @@ fn a_refusal_before_admission_ends_the_join_at_once() {
     q.on_admitted(host, vec![]);
     q.on_admission_failed(Some(PeerId::random()), &AdmissionFailure::BadSecret);
     assert!(gave_up(&poll(&mut q, t0 + JOIN_TIMEOUT * 2, &Net::new())).is_none());
+    // A stranger's clear-text Reject is no refusal.
+    let mut s = joiner(t0, host, vec![direct()]);
+    s.on_admission_failed(
+        Some(PeerId::random()),
+        &AdmissionFailure::Rejected(RejectReason::BadSecret),
+    );
+    assert!(gave_up(&poll(&mut s, t0 + ms(100), &Net::new())).is_none());
     // A handshake that merely broke off is no refusal.
     let mut r = joiner(t0, host, vec![direct()]);
     r.on_admission_failed(Some(host), &AdmissionFailure::Incomplete);
