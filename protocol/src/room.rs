@@ -10,11 +10,22 @@
 //! [`Room::connect`] on both ends (initiator on the side that opened it). The Noise
 //! handshake runs; a wrong room secret ends it with [`Event::AdmissionFailed`] on both sides
 //! (the side that detects it sends a clear `Reject`). Once the session is up each side sends
-//! `Hello`, `Roster` and its current `SenderKey`; the peer is [`Event::Admitted`] when its
-//! `Hello` arrives. Members that join make every member ratchet its sender key forward (the
-//! joiner receives only the new key; the others follow the ratchet without messages);
-//! members that leave — by `Leave`, by disconnect or by silence — make every member rotate
-//! to a fresh random key sent to those who remain, so the leaver cannot decrypt what follows.
+//! `Hello`; the peer counts against `max_members` from then on. When the peer's `Hello`
+//! arrives it is [`Event::Admitted`] and only then gets what a member is owed: our `Roster`
+//! and our current `SenderKey`. Members that join make every member ratchet its sender key
+//! forward (the joiner receives only the new key; the others follow the ratchet without
+//! messages, and are sent the current key again before they could fall out of the
+//! receivers' ratchet window); members that leave — by `Leave`, by disconnect or by silence —
+//! make every member rotate to a fresh random key sent to those who remain, so the leaver
+//! cannot decrypt what follows.
+//!
+//! Rule: nothing that changes state is accepted from a peer before it authenticated. A
+//! clear-text `Reject` is acted on only while we are handshaking with that peer (reported as
+//! [`AdmissionFailure::Rejected`], never as one of our own findings); control messages other
+//! than `Hello`, `Leave` and `Heartbeat` before `Hello` are a protocol violation; roster
+//! gossip yields a bounded number of [`Event::Dial`] suggestions with dialable addresses
+//! only, and never replaces the addresses an admitted member announced itself. See
+//! `docs/protocol.md`, "What is accepted from whom".
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -23,14 +34,32 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::crypto::{
     room_psk, Handshake, HandshakeStep, Identity, LocalStatic, MediaKey, OpenedFrame, ReceiverKeys,
-    SenderKey, Session,
+    SenderKey, Session, MAX_RATCHET_STEPS,
 };
 use crate::error::{Error, Result};
-use crate::wire::{Control, MediaFrame, PeerInfo, RejectReason, RoomFrame, MAX_MEMBERS, MAX_NAME};
+use crate::wire::{
+    dialable_addrs, plausible_peer_id, Control, MediaFrame, PeerInfo, RejectReason, RoomFrame,
+    MAX_ADDRS, MAX_MEMBERS, MAX_NAME,
+};
 use crate::{RoomId, RoomSecret};
 
 /// Peer id bytes (libp2p multihash).
 pub type PeerKey = Vec<u8>;
+
+/// Most [`Event::Dial`] suggestions one roster message can yield (fewer when the room has
+/// fewer free places).
+pub const MAX_DIALS_PER_ROSTER: usize = 8;
+/// Most addresses in one [`Event::Dial`] suggestion.
+pub const MAX_DIAL_ADDRS: usize = 4;
+/// A member that was last sent our key this many ratchet steps ago is sent the current key
+/// again, so that no receiver ever needs more than this many ratchet steps (the receivers'
+/// window is [`MAX_RATCHET_STEPS`]), however many joins happen between two of our frames.
+pub const KEY_REFRESH_STEPS: u32 = MAX_RATCHET_STEPS / 2;
+/// Most handshakes in progress at once; [`Room::connect`] refuses more.
+pub const MAX_HANDSHAKES: usize = 2 * MAX_MEMBERS;
+/// How many departed members' own announced addresses are remembered, so that roster
+/// gossip about a lost member cannot replace them.
+const REMEMBERED_PEERS: usize = MAX_MEMBERS;
 
 /// Tunables of a room. All times in milliseconds.
 #[derive(Debug, Clone)]
@@ -41,9 +70,11 @@ pub struct RoomConfig {
     pub addrs: Vec<String>,
     /// Whether we record the call (announced to everyone).
     pub recording: bool,
-    /// Most members, ourselves included.
+    /// Most members, ourselves included. Every peer whose session is up counts, whether or
+    /// not its `Hello` arrived yet.
     pub max_members: usize,
-    /// A handshake that takes longer than this fails.
+    /// A handshake that takes longer than this fails; so does a session whose `Hello` has
+    /// not arrived this long after its handshake started.
     pub handshake_timeout_ms: u64,
     /// Send a heartbeat when nothing else was sent for this long.
     pub heartbeat_interval_ms: u64,
@@ -79,19 +110,26 @@ pub struct Transmit {
 }
 
 /// Why a peer did not get in.
+///
+/// [`AdmissionFailure::Rejected`] is the only variant that reports what the *peer* said (a
+/// clear-text, unauthenticated `Reject`, acted on only while we were handshaking with that
+/// peer); every other variant is something *we* found or decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdmissionFailure {
     /// We detected that the peer holds another room secret.
     BadSecret,
-    /// The peer refused us, saying why.
+    /// The peer refused us, saying why. Unauthenticated: any peer we handshake with can
+    /// send it, whether or not it holds the room secret.
     Rejected(RejectReason),
     /// The peer's identity proof did not verify, or it is not the peer we connected to.
     BadIdentity,
-    /// The room is full.
+    /// We refused the peer because our room is full (a peer that says our room is full
+    /// is reported as `Rejected(RejectReason::RoomFull)`).
     RoomFull,
-    /// The handshake did not finish in time, or the stream closed during it.
+    /// The handshake did not finish in time, the stream closed during it, or the peer's
+    /// `Hello` did not arrive in time.
     Incomplete,
-    /// Anything else that broke the handshake.
+    /// Anything else that broke the handshake, or a protocol violation before `Hello`.
     Protocol(String),
 }
 
@@ -128,17 +166,21 @@ pub enum Event {
     Admitted {
         peer: PeerKey,
         name: String,
+        /// The member's own announced addresses, dialable ones only.
         addrs: Vec<String>,
         recording: bool,
     },
     /// A member is gone; close its streams.
     Left { peer: PeerKey, reason: LeaveReason },
-    /// A handshake failed; close the stream.
+    /// A handshake failed, or a session ended before its `Hello`; close the stream.
     AdmissionFailed {
         peer: PeerKey,
         reason: AdmissionFailure,
     },
-    /// A member told us about a member we are not connected to: dial it.
+    /// A member told us about a member we are not connected to: dial it. At most
+    /// [`MAX_DIALS_PER_ROSTER`] per roster message, each with at most [`MAX_DIAL_ADDRS`]
+    /// dialable addresses (possibly none: the peer id alone may do when a connection
+    /// exists). For a member we admitted before, its own announced addresses come first.
     Dial(PeerInfo),
     /// A member started or stopped recording.
     Recording { peer: PeerKey, on: bool },
@@ -161,13 +203,32 @@ pub struct RoomCounters {
     pub media_from_non_member: u64,
     pub pending_dropped: u64,
     pub malformed_frames: u64,
+    /// `Reject`s acted on (from a peer we were handshaking with).
+    pub rejects_received: u64,
+    /// `Reject`s from peers we had no handshake with, ignored.
+    pub rejects_ignored: u64,
+    /// [`Event::Dial`] suggestions made from roster messages.
+    pub dials_suggested: u64,
+    /// Roster entries not suggested because a bound was reached or the peer id is not one.
+    pub roster_entries_dropped: u64,
+    /// Addresses (in `Hello` or roster entries) dropped because they are not dialable.
+    pub addrs_dropped: u64,
+    /// Current keys sent again to members that would otherwise fall out of the ratchet window.
+    pub key_refreshes: u64,
 }
+
+/// What a member announced in its `Hello`: name, dialable addresses, recording.
+type Announced = (String, Vec<String>, bool);
 
 struct Member {
     session: Session,
     /// The peer's first transport message authenticated (proves it holds the secret).
     confirmed: bool,
-    hello: Option<(String, Vec<String>, bool)>,
+    hello: Option<Announced>,
+    /// When a session without `Hello` is given up.
+    hello_deadline_ms: u64,
+    /// The epoch of the newest of our sender keys this member was sent.
+    key_epoch: Option<u32>,
     keys: ReceiverKeys,
     pending: VecDeque<MediaFrame>,
     last_rx_ms: u64,
@@ -191,6 +252,8 @@ pub struct Room {
     local_static: Option<LocalStatic>,
     sender: SenderKey,
     peers: BTreeMap<PeerKey, PeerState>,
+    /// Departed members and the addresses they announced themselves, newest last.
+    past: VecDeque<(PeerKey, Vec<String>)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     media: VecDeque<(PeerKey, OpenedFrame)>,
@@ -218,6 +281,7 @@ impl Room {
             local_static: None,
             sender,
             peers: BTreeMap::new(),
+            past: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             media: VecDeque::new(),
@@ -265,6 +329,23 @@ impl Room {
         self.members().count()
     }
 
+    /// Peers whose session is up, admitted or still waiting for their `Hello`: what counts
+    /// against `max_members` (besides ourselves).
+    pub fn session_count(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|s| matches!(s, PeerState::Member(_)))
+            .count()
+    }
+
+    fn handshake_count(&self) -> usize {
+        self.peers.len() - self.session_count()
+    }
+
+    fn limit(&self) -> usize {
+        self.cfg.max_members.min(MAX_MEMBERS)
+    }
+
     fn seed(&mut self) -> [u8; 32] {
         let mut s = [0u8; 32];
         self.rng.fill_bytes(&mut s);
@@ -272,10 +353,14 @@ impl Room {
     }
 
     /// A fresh room stream to `peer` is open; `initiator` on the side that opened it.
-    /// Replaces any earlier session with that peer (it reconnected).
+    /// Replaces any earlier session with that peer (it reconnected). Refused while
+    /// [`MAX_HANDSHAKES`] handshakes with other peers are in progress.
     pub fn connect(&mut self, now: u64, peer: PeerKey, initiator: bool) -> Result<()> {
         if peer == self.me {
             return Err(Error::Handshake("refusing a session with ourselves".into()));
+        }
+        if !self.peers.contains_key(&peer) && self.handshake_count() >= MAX_HANDSHAKES {
+            return Err(Error::Handshake("too many handshakes in progress".into()));
         }
         if self.local_static.is_none() {
             let seed = self.seed();
@@ -302,35 +387,54 @@ impl Room {
         Ok(())
     }
 
-    /// One frame arrived on `peer`'s room stream.
+    /// One frame arrived on `peer`'s room stream. The caller passes only frames of the
+    /// stream the current session with `peer` runs on (the one given to the latest
+    /// [`Room::connect`] for `peer`), never frames of an older or a second stream.
+    ///
+    /// A frame that does not decode (empty, too short for its kind, unknown kind, too
+    /// long) is counted in `malformed_frames` and changes nothing: it is not traffic (it
+    /// does not keep a session alive), it does not advance or fail a handshake and it does
+    /// not end a session.
     pub fn handle_frame(&mut self, now: u64, peer: &[u8], bytes: &[u8]) {
-        let frame = match RoomFrame::decode(bytes) {
-            Ok(f) => f,
-            Err(e) => {
-                self.counters.malformed_frames += 1;
-                self.fail_peer(now, peer, AdmissionFailure::Protocol(e.to_string()));
-                return;
-            }
+        let Ok(frame) = RoomFrame::decode(bytes) else {
+            self.counters.malformed_frames += 1;
+            return;
         };
         match frame {
-            RoomFrame::Reject(reason) => {
-                if self.peers.contains_key(peer) {
-                    let failure = match reason {
-                        RejectReason::RoomFull => AdmissionFailure::RoomFull,
-                        r => AdmissionFailure::Rejected(r),
-                    };
-                    self.fail_or_remove(now, peer, failure);
-                }
-            }
+            RoomFrame::Reject(reason) => self.handle_reject(now, peer, reason),
             RoomFrame::Handshake(msg) => self.handle_handshake(now, peer, &msg),
             RoomFrame::Transport(ct) => self.handle_transport(now, peer, &ct),
         }
     }
 
+    /// A clear-text `Reject` is believed only from a peer we are handshaking with (its
+    /// session has not authenticated a single message yet); it is then reported as
+    /// [`AdmissionFailure::Rejected`]. On an authenticated session it is a protocol
+    /// violation of that member; from a peer we have nothing with it is ignored.
+    fn handle_reject(&mut self, now: u64, peer: &[u8], reason: RejectReason) {
+        let handshaking = match self.peers.get(peer) {
+            Some(PeerState::Handshaking { .. }) => true,
+            Some(PeerState::Member(m)) => !m.confirmed,
+            None => {
+                self.counters.rejects_ignored += 1;
+                return;
+            }
+        };
+        if handshaking {
+            self.counters.rejects_received += 1;
+            self.fail_peer(now, peer, AdmissionFailure::Rejected(reason));
+        } else {
+            self.counters.malformed_frames += 1;
+            self.remove_member(now, peer, LeaveReason::Misbehaved);
+        }
+    }
+
     fn handle_handshake(&mut self, now: u64, peer: &[u8], msg: &[u8]) {
         let Some(PeerState::Handshaking { hs, .. }) = self.peers.get_mut(peer) else {
-            self.counters.malformed_frames += 1;
-            self.fail_or_remove(
+            if self.peers.contains_key(peer) {
+                self.counters.malformed_frames += 1;
+            }
+            self.drop_peer(
                 now,
                 peer,
                 AdmissionFailure::Protocol("handshake message outside a handshake".into()),
@@ -377,7 +481,9 @@ impl Room {
         });
     }
 
-    /// Writes handshake messages while it is our turn; moves a finished handshake to a session.
+    /// Writes handshake messages while it is our turn; moves a finished handshake to a
+    /// session, which counts against `max_members` from now on. Only our `Hello` goes out
+    /// now: the roster and our key wait for the peer's `Hello`.
     fn advance_handshake(&mut self, now: u64, peer: &[u8]) {
         loop {
             let Some(PeerState::Handshaking { hs, .. }) = self.peers.get_mut(peer) else {
@@ -400,7 +506,7 @@ impl Room {
                 }
             }
         }
-        let Some(PeerState::Handshaking { hs, .. }) = self.peers.remove(peer) else {
+        let Some(PeerState::Handshaking { hs, started_ms }) = self.peers.remove(peer) else {
             return;
         };
         let session = match hs.into_session() {
@@ -411,8 +517,8 @@ impl Room {
                 return;
             }
         };
-        // Ourselves, the members so far and the newcomer.
-        if self.member_count() + 2 > self.cfg.max_members.min(MAX_MEMBERS) {
+        // Ourselves, every session so far (with or without Hello) and the newcomer.
+        if self.session_count() + 2 > self.limit() {
             self.reject(
                 now,
                 peer,
@@ -427,34 +533,23 @@ impl Room {
                 session,
                 confirmed: false,
                 hello: None,
+                hello_deadline_ms: started_ms.saturating_add(self.cfg.handshake_timeout_ms),
+                key_epoch: None,
                 keys: ReceiverKeys::new(),
                 pending: VecDeque::new(),
                 last_rx_ms: now,
                 last_tx_ms: now,
             })),
         );
-        // A newcomer must not read what was sent before it came: ratchet our key forward
-        // (the others follow without a message) and give the newcomer only the new key.
-        self.sender.ratchet();
-        self.events.push_back(Event::Rekeyed {
-            epoch: self.sender.epoch(),
-            fresh: false,
-        });
         let hello = Control::Hello {
             name: self.cfg.name.clone(),
             addrs: self.cfg.addrs.clone(),
             recording: self.cfg.recording,
         };
-        let roster = Control::Roster {
-            members: self.roster_for(peer),
-        };
-        let key = self.sender_key_message(false);
-        for msg in [hello, roster, key] {
-            self.send_control(now, peer, &msg);
-        }
+        self.send_control(now, peer, &hello);
     }
 
-    /// The members we are in session with, except `exclude`, with their announced addresses.
+    /// The admitted members, except `exclude`, with their announced addresses.
     fn roster_for(&self, exclude: &[u8]) -> Vec<PeerInfo> {
         self.peers
             .iter()
@@ -470,11 +565,44 @@ impl Room {
             .collect()
     }
 
-    fn sender_key_message(&self, fresh: bool) -> Control {
-        Control::SenderKey {
+    fn admitted_except(&self, exclude: &[u8]) -> Vec<PeerKey> {
+        self.members()
+            .map(|(k, _, _)| k.clone())
+            .filter(|k| k.as_slice() != exclude)
+            .collect()
+    }
+
+    /// Sends our current sender key to `peer` and notes which epoch it now has.
+    fn send_key(&mut self, now: u64, peer: &[u8], fresh: bool) {
+        let msg = Control::SenderKey {
             epoch: self.sender.epoch(),
             key: self.sender.key().0,
             fresh,
+        };
+        self.send_control(now, peer, &msg);
+        if let Some(PeerState::Member(m)) = self.peers.get_mut(peer) {
+            m.key_epoch = Some(self.sender.epoch());
+        }
+    }
+
+    /// Sends the current key again to every admitted member that would otherwise need more
+    /// than [`KEY_REFRESH_STEPS`] ratchet steps to follow us.
+    fn refresh_lagging_keys(&mut self, now: u64) {
+        let epoch = self.sender.epoch();
+        let lagging: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter_map(|(k, s)| match s {
+                PeerState::Member(m) => m
+                    .key_epoch
+                    .filter(|e| epoch.wrapping_sub(*e) >= KEY_REFRESH_STEPS)
+                    .map(|_| k.clone()),
+                PeerState::Handshaking { .. } => None,
+            })
+            .collect();
+        for p in lagging {
+            self.counters.key_refreshes += 1;
+            self.send_key(now, &p, false);
         }
     }
 
@@ -501,8 +629,10 @@ impl Room {
 
     fn handle_transport(&mut self, now: u64, peer: &[u8], ct: &[u8]) {
         let Some(PeerState::Member(m)) = self.peers.get_mut(peer) else {
-            self.counters.malformed_frames += 1;
-            self.fail_or_remove(
+            if self.peers.contains_key(peer) {
+                self.counters.malformed_frames += 1;
+            }
+            self.drop_peer(
                 now,
                 peer,
                 AdmissionFailure::Protocol("transport message before the handshake ended".into()),
@@ -518,12 +648,7 @@ impl Room {
                 } else {
                     // Our handshake message 3 was the first to carry the PSK; a peer with
                     // another secret cannot produce a valid transport message.
-                    self.peers.remove(peer);
-                    self.counters.admission_failures += 1;
-                    self.events.push_back(Event::AdmissionFailed {
-                        peer: peer.to_vec(),
-                        reason: AdmissionFailure::BadSecret,
-                    });
+                    self.fail_peer(now, peer, AdmissionFailure::BadSecret);
                 }
                 return;
             }
@@ -545,65 +670,27 @@ impl Room {
         let Some(PeerState::Member(m)) = self.peers.get_mut(peer) else {
             return;
         };
+        let admitted = m.hello.is_some();
         match msg {
             Control::Hello {
                 name,
                 addrs,
                 recording,
             } => {
-                if m.hello.is_some() {
-                    return;
-                }
-                let name: String = name.chars().filter(|c| !c.is_control()).collect();
-                let name = crate::wire::truncate_utf8(&name, MAX_NAME).to_string();
-                m.hello = Some((name.clone(), addrs.clone(), recording));
-                self.counters.admissions += 1;
-                self.events.push_back(Event::Admitted {
-                    peer: peer.to_vec(),
-                    name,
-                    addrs: addrs.clone(),
-                    recording,
-                });
-                // Tell the other members about the newcomer so that the mesh closes even
-                // when several join at once.
-                let info = PeerInfo {
-                    peer_id: peer.to_vec(),
-                    addrs,
-                };
-                let others: Vec<PeerKey> = self
-                    .members()
-                    .map(|(k, _, _)| k.clone())
-                    .filter(|k| k.as_slice() != peer)
-                    .collect();
-                for other in others {
-                    let roster = Control::Roster {
-                        members: vec![info.clone()],
-                    };
-                    self.send_control(now, &other, &roster);
+                // A second Hello changes nothing.
+                if !admitted {
+                    self.admit(now, peer, &name, addrs, recording);
                 }
             }
-            Control::Roster { members } => {
-                for info in members {
-                    if info.peer_id != self.me && !self.peers.contains_key(&info.peer_id) {
-                        self.events.push_back(Event::Dial(info));
-                    }
-                }
+            Control::Leave => self.remove_member(now, peer, LeaveReason::Left),
+            Control::Heartbeat => {}
+            // Nothing else is accepted before the peer said who it is.
+            _ if !admitted => {
+                self.counters.malformed_frames += 1;
+                self.remove_member(now, peer, LeaveReason::Misbehaved);
             }
-            Control::SenderKey { epoch, key, .. } => {
-                m.keys.install(epoch, MediaKey(key));
-                let pending = std::mem::take(&mut m.pending);
-                for frame in pending {
-                    match m.keys.open(&frame) {
-                        Ok(opened) => self.media.push_back((peer.to_vec(), opened)),
-                        Err(Error::UnknownEpoch(_))
-                            if m.pending.len() < self.cfg.pending_frames =>
-                        {
-                            m.pending.push_back(frame)
-                        }
-                        Err(_) => self.counters.pending_dropped += 1,
-                    }
-                }
-            }
+            Control::Roster { members } => self.handle_roster(members),
+            Control::SenderKey { epoch, key, .. } => self.install_key(peer, epoch, key),
             Control::Recording { on } => {
                 if let Some(h) = m.hello.as_mut() {
                     h.2 = on;
@@ -613,8 +700,113 @@ impl Room {
                     on,
                 });
             }
-            Control::Leave => self.remove_member(now, peer, LeaveReason::Left),
-            Control::Heartbeat => {}
+        }
+    }
+
+    /// The peer's `Hello` arrived: it is a member now and gets what members are owed.
+    fn admit(&mut self, now: u64, peer: &[u8], name: &str, addrs: Vec<String>, recording: bool) {
+        let name: String = name.chars().filter(|c| !c.is_control()).collect();
+        let name = crate::wire::truncate_utf8(&name, MAX_NAME).to_string();
+        let (addrs, dropped) = dialable_addrs(addrs, MAX_ADDRS);
+        self.counters.addrs_dropped += dropped as u64;
+        let Some(PeerState::Member(m)) = self.peers.get_mut(peer) else {
+            return;
+        };
+        m.hello = Some((name.clone(), addrs.clone(), recording));
+        self.past.retain(|(k, _)| k.as_slice() != peer);
+        self.counters.admissions += 1;
+        self.events.push_back(Event::Admitted {
+            peer: peer.to_vec(),
+            name,
+            addrs: addrs.clone(),
+            recording,
+        });
+        // The newcomer must not read what was sent before it came: ratchet our key forward
+        // (the others follow without a message) and give the newcomer only the new key.
+        self.sender.ratchet();
+        self.events.push_back(Event::Rekeyed {
+            epoch: self.sender.epoch(),
+            fresh: false,
+        });
+        let roster = Control::Roster {
+            members: self.roster_for(peer),
+        };
+        self.send_control(now, peer, &roster);
+        self.send_key(now, peer, false);
+        // Tell the other members about the newcomer so that the mesh closes even when
+        // several join at once.
+        let info = PeerInfo {
+            peer_id: peer.to_vec(),
+            addrs,
+        };
+        for other in self.admitted_except(peer) {
+            let roster = Control::Roster {
+                members: vec![info.clone()],
+            };
+            self.send_control(now, &other, &roster);
+        }
+        self.refresh_lagging_keys(now);
+    }
+
+    /// Roster gossip from an admitted member: hearsay, so bounded. Peers we know (in a
+    /// handshake or a session) and ourselves are skipped; at most [`MAX_DIALS_PER_ROSTER`]
+    /// new peers, and no more than the room has free places, are suggested; each with at
+    /// most [`MAX_DIAL_ADDRS`] dialable addresses, the ones a former member announced
+    /// itself first.
+    fn handle_roster(&mut self, members: Vec<PeerInfo>) {
+        let free = self.limit().saturating_sub(1 + self.peers.len());
+        let budget = free.min(MAX_DIALS_PER_ROSTER);
+        let mut suggested: Vec<PeerKey> = Vec::new();
+        for info in members {
+            if info.peer_id == self.me
+                || self.peers.contains_key(&info.peer_id)
+                || suggested.contains(&info.peer_id)
+            {
+                continue;
+            }
+            if suggested.len() >= budget || !plausible_peer_id(&info.peer_id) {
+                self.counters.roster_entries_dropped += 1;
+                continue;
+            }
+            let mut addrs: Vec<String> = self
+                .past
+                .iter()
+                .find(|(k, _)| *k == info.peer_id)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            let (heard, dropped) = dialable_addrs(info.addrs, MAX_ADDRS);
+            self.counters.addrs_dropped += dropped as u64;
+            for a in heard {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+            addrs.truncate(MAX_DIAL_ADDRS);
+            suggested.push(info.peer_id.clone());
+            self.counters.dials_suggested += 1;
+            self.events.push_back(Event::Dial(PeerInfo {
+                peer_id: info.peer_id,
+                addrs,
+            }));
+        }
+    }
+
+    /// A member's sender key arrived: install it and release the frames it unlocks.
+    fn install_key(&mut self, peer: &[u8], epoch: u32, key: [u8; 32]) {
+        let Some(PeerState::Member(m)) = self.peers.get_mut(peer) else {
+            return;
+        };
+        m.keys.install(epoch, MediaKey(key));
+        let pending = std::mem::take(&mut m.pending);
+        for frame in pending {
+            match m.keys.open(&frame) {
+                Ok(opened) if opened.payload.is_empty() => self.counters.malformed_frames += 1,
+                Ok(opened) => self.media.push_back((peer.to_vec(), opened)),
+                Err(Error::UnknownEpoch(_)) if m.pending.len() < self.cfg.pending_frames => {
+                    m.pending.push_back(frame)
+                }
+                Err(_) => self.counters.pending_dropped += 1,
+            }
         }
     }
 
@@ -629,9 +821,11 @@ impl Room {
         }
     }
 
-    fn fail_or_remove(&mut self, now: u64, peer: &[u8], failure: AdmissionFailure) {
+    /// Ends whatever we have with `peer` after it broke the protocol: an admitted member
+    /// leaves (and the key rotates), anyone else fails admission with `failure`.
+    fn drop_peer(&mut self, now: u64, peer: &[u8], failure: AdmissionFailure) {
         match self.peers.get(peer) {
-            Some(PeerState::Member(m)) if m.confirmed => {
+            Some(PeerState::Member(m)) if m.hello.is_some() => {
                 self.remove_member(now, peer, LeaveReason::Misbehaved)
             }
             Some(_) => self.fail_peer(now, peer, failure),
@@ -639,6 +833,7 @@ impl Room {
         }
     }
 
+    /// Forgets a peer that never became a member (it was sent nothing a member is owed).
     fn fail_peer(&mut self, _now: u64, peer: &[u8], reason: AdmissionFailure) {
         if self.peers.remove(peer).is_some() {
             self.counters.admission_failures += 1;
@@ -650,37 +845,41 @@ impl Room {
     }
 
     fn remove_member(&mut self, now: u64, peer: &[u8], reason: LeaveReason) {
-        let Some(PeerState::Member(m)) = self.peers.remove(peer) else {
+        let Some(PeerState::Member(m)) = self.peers.get(peer) else {
             return;
         };
-        if m.hello.is_none() {
-            self.counters.admission_failures += 1;
-            self.events.push_back(Event::AdmissionFailed {
-                peer: peer.to_vec(),
-                reason: AdmissionFailure::Incomplete,
-            });
+        let Some((_, addrs, _)) = m.hello.as_ref() else {
+            // Never admitted: it holds neither our key nor our roster.
+            let failure = match reason {
+                LeaveReason::Misbehaved => {
+                    AdmissionFailure::Protocol("protocol violation before Hello".into())
+                }
+                _ => AdmissionFailure::Incomplete,
+            };
+            self.fail_peer(now, peer, failure);
             return;
+        };
+        let addrs = addrs.clone();
+        self.peers.remove(peer);
+        self.past.retain(|(k, _)| k.as_slice() != peer);
+        self.past.push_back((peer.to_vec(), addrs));
+        while self.past.len() > REMEMBERED_PEERS {
+            self.past.pop_front();
         }
         self.counters.departures += 1;
         self.events.push_back(Event::Left {
             peer: peer.to_vec(),
             reason,
         });
-        // Whoever left must not read what follows: a fresh key, sent only to those who stay.
+        // Whoever left must not read what follows: a fresh key, sent only to the admitted
+        // members who stay (a session still waiting for its Hello gets it with its Hello).
         self.sender.rotate(&mut self.rng);
         self.events.push_back(Event::Rekeyed {
             epoch: self.sender.epoch(),
             fresh: true,
         });
-        let msg = self.sender_key_message(true);
-        let stay: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| matches!(s, PeerState::Member(_)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for p in stay {
-            self.send_control(now, &p, &msg);
+        for p in self.admitted_except(peer) {
+            self.send_key(now, &p, true);
         }
     }
 
@@ -709,12 +908,16 @@ impl Room {
     }
 
     /// Encrypts one media payload once, for every member. Returns the encoded frame.
+    /// An empty payload is refused (receivers drop it as malformed).
     pub fn encrypt_media(
         &mut self,
         capture_ts_ms: u64,
         payload: &[u8],
         pad_to: Option<usize>,
     ) -> Result<Vec<u8>> {
+        if payload.is_empty() {
+            return Err(Error::Malformed("empty media payload"));
+        }
         Ok(self
             .sender
             .encrypt(capture_ts_ms, payload, pad_to)?
@@ -722,7 +925,8 @@ impl Room {
     }
 
     /// A media frame arrived from `peer`. `Ok(None)` means it is held until its epoch's
-    /// key arrives; it then comes out of [`Room::poll_media`].
+    /// key arrives; it then comes out of [`Room::poll_media`]. Frames from peers that are
+    /// not admitted members, and frames with an empty payload, are refused and counted.
     pub fn open_media(
         &mut self,
         _now: u64,
@@ -736,7 +940,15 @@ impl Room {
             self.counters.media_from_non_member += 1;
             return Err(Error::NoSession);
         };
+        if m.hello.is_none() {
+            self.counters.media_from_non_member += 1;
+            return Err(Error::NoSession);
+        }
         match m.keys.open(&frame) {
+            Ok(opened) if opened.payload.is_empty() => {
+                self.counters.malformed_frames += 1;
+                Err(Error::Malformed("empty media payload"))
+            }
             Ok(opened) => Ok(Some(opened)),
             Err(Error::UnknownEpoch(e)) => {
                 let newer = m.keys.newest_epoch().is_none_or(|n| e > n);
@@ -759,17 +971,20 @@ impl Room {
         }
     }
 
-    /// Advances timers: handshake deadlines, heartbeats, idle members.
+    /// Advances timers: handshake and Hello deadlines, heartbeats, idle members.
     pub fn handle_timeout(&mut self, now: u64) {
-        let mut expired_hs = Vec::new();
+        let mut expired = Vec::new();
         let mut idle = Vec::new();
         let mut heartbeat = Vec::new();
         for (k, s) in &self.peers {
             match s {
                 PeerState::Handshaking { started_ms, .. } => {
                     if now.saturating_sub(*started_ms) >= self.cfg.handshake_timeout_ms {
-                        expired_hs.push(k.clone());
+                        expired.push(k.clone());
                     }
+                }
+                PeerState::Member(m) if m.hello.is_none() && now >= m.hello_deadline_ms => {
+                    expired.push(k.clone());
                 }
                 PeerState::Member(m) => {
                     if now.saturating_sub(m.last_rx_ms) >= self.cfg.idle_timeout_ms {
@@ -780,7 +995,7 @@ impl Room {
                 }
             }
         }
-        for k in expired_hs {
+        for k in expired {
             self.fail_peer(now, &k, AdmissionFailure::Incomplete);
         }
         for k in idle {
@@ -801,10 +1016,17 @@ impl Room {
                 PeerState::Handshaking { started_ms, .. } => {
                     started_ms.saturating_add(self.cfg.handshake_timeout_ms)
                 }
-                PeerState::Member(m) => m
-                    .last_rx_ms
-                    .saturating_add(self.cfg.idle_timeout_ms)
-                    .min(m.last_tx_ms.saturating_add(self.cfg.heartbeat_interval_ms)),
+                PeerState::Member(m) => {
+                    let live = m
+                        .last_rx_ms
+                        .saturating_add(self.cfg.idle_timeout_ms)
+                        .min(m.last_tx_ms.saturating_add(self.cfg.heartbeat_interval_ms));
+                    if m.hello.is_none() {
+                        live.min(m.hello_deadline_ms)
+                    } else {
+                        live
+                    }
+                }
             })
             .min()
     }

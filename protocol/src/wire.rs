@@ -32,6 +32,16 @@ pub const MAX_PEER_ID: usize = 64;
 pub const MAX_MEMBERS: usize = 64;
 /// Length of the cleartext media header.
 pub const MEDIA_HEADER_LEN: usize = 18;
+/// Length of the ChaCha20-Poly1305 / Noise authentication tag.
+pub const TAG_LEN: usize = 16;
+/// Shortest Noise handshake message body: message 1 is a bare 32-byte ephemeral key, and
+/// every later one is longer.
+pub const MIN_HANDSHAKE_BODY: usize = 32;
+/// Shortest Noise transport message body: the smallest control message (version and
+/// type) plus the tag.
+pub const MIN_TRANSPORT_BODY: usize = 2 + TAG_LEN;
+/// Shortest media ciphertext: the 2-byte payload length plus the tag.
+pub const MIN_MEDIA_CIPHERTEXT: usize = 2 + TAG_LEN;
 
 /// A cursor over untrusted bytes. All reads are bounds-checked.
 pub struct Reader<'a> {
@@ -248,14 +258,25 @@ impl RoomFrame {
         w.buf
     }
 
+    /// Decodes one frame body. An empty frame, and a handshake or transport frame too
+    /// short to hold any valid Noise message, are errors.
     pub fn decode(buf: &[u8]) -> Result<Self> {
         check_len("room frame", buf.len(), MAX_ROOM_FRAME)?;
+        if buf.is_empty() {
+            return Err(Error::Malformed("empty room frame"));
+        }
         let mut r = Reader::new(buf);
         let kind = r.u8()?;
         let rest = r.bytes(r.remaining())?;
         match kind {
-            1 => Ok(RoomFrame::Handshake(rest.to_vec())),
-            2 => Ok(RoomFrame::Transport(rest.to_vec())),
+            1 => {
+                check_min(rest.len(), MIN_HANDSHAKE_BODY)?;
+                Ok(RoomFrame::Handshake(rest.to_vec()))
+            }
+            2 => {
+                check_min(rest.len(), MIN_TRANSPORT_BODY)?;
+                Ok(RoomFrame::Transport(rest.to_vec()))
+            }
             3 => {
                 let mut r = Reader::new(rest);
                 let reason = RejectReason::from_byte(r.u8()?)?;
@@ -296,6 +317,113 @@ fn check_len(what: &'static str, len: usize, limit: usize) -> Result<()> {
         return Err(Error::TooLong { what, len, limit });
     }
     Ok(())
+}
+
+/// `Err(Truncated)` when `len` is below `min`.
+fn check_min(len: usize, min: usize) -> Result<()> {
+    if len < min {
+        return Err(Error::Truncated { needed: min - len });
+    }
+    Ok(())
+}
+
+/// Whether `addr` is a multiaddr (text form) that a node could dial: an `ip4`, `ip6` or
+/// `dns*` host (not unspecified, multicast or broadcast) followed by known protocols with
+/// well-formed values, including a `tcp` or `udp` port (not 0) unless it is a `dnsaddr`.
+/// The protocol crate does not depend on libp2p; this is a conservative syntactic check,
+/// and the node still parses what it dials.
+pub fn is_dialable(addr: &str) -> bool {
+    if addr.len() > MAX_ADDR_LEN {
+        return false;
+    }
+    let Some(rest) = addr.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    let (Some(proto), Some(value)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let host_ok = match proto {
+        "ip4" => value
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast()),
+        "ip6" => value
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| !ip.is_unspecified() && !ip.is_multicast()),
+        "dns" | "dns4" | "dns6" | "dnsaddr" => is_hostname(value),
+        _ => false,
+    };
+    if !host_ok {
+        return false;
+    }
+    let mut has_port = proto == "dnsaddr";
+    while let Some(proto) = parts.next() {
+        let ok = match proto {
+            "tcp" | "udp" => {
+                has_port = true;
+                parts
+                    .next()
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .is_some_and(|port| port != 0)
+            }
+            "p2p" | "ipfs" | "certhash" => parts.next().is_some_and(is_token),
+            "sni" => parts.next().is_some_and(is_hostname),
+            "quic" | "quic-v1" | "webtransport" | "ws" | "wss" | "tls" | "noise" | "http"
+            | "https" | "webrtc" | "webrtc-direct" | "p2p-circuit" => true,
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    has_port
+}
+
+/// A DNS name: 1 to 253 bytes of letters, digits, `-` and `.`, no empty label.
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// A multibase/base58 value (peer id, certificate hash): 1 to 128 URL-safe characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Keeps the dialable addresses of `addrs` (duplicates removed), at most `limit` of them.
+/// Also returns how many were dropped for not being dialable.
+pub fn dialable_addrs(addrs: Vec<String>, limit: usize) -> (Vec<String>, usize) {
+    let mut kept: Vec<String> = Vec::new();
+    let mut dropped = 0;
+    for a in addrs {
+        if !is_dialable(&a) {
+            dropped += 1;
+        } else if kept.len() < limit && !kept.contains(&a) {
+            kept.push(a);
+        }
+    }
+    (kept, dropped)
+}
+
+/// Whether `bytes` have the shape of a libp2p peer id: a multihash with the identity
+/// (`0x00`) or SHA2-256 (`0x12`) code and a one-byte length that matches the rest.
+pub fn plausible_peer_id(bytes: &[u8]) -> bool {
+    match bytes {
+        [code, len, rest @ ..] => {
+            (*code == 0x00 || *code == 0x12) && !rest.is_empty() && usize::from(*len) == rest.len()
+        }
+        _ => false,
+    }
 }
 
 /// A peer and the addresses it can be reached at.
@@ -505,11 +633,7 @@ impl MediaFrame {
         check_len("media frame", buf.len(), MAX_MEDIA_FRAME)?;
         let mut r = Reader::new(buf);
         let header = MediaHeader::decode(&mut r)?;
-        if r.remaining() < 16 {
-            return Err(Error::Truncated {
-                needed: 16 - r.remaining(),
-            });
-        }
+        check_min(r.remaining(), MIN_MEDIA_CIPHERTEXT)?;
         let ciphertext = r.bytes(r.remaining())?.to_vec();
         Ok(Self { header, ciphertext })
     }
@@ -574,7 +698,7 @@ mod tests {
         }
 
         #[test]
-        fn room_frame_roundtrip(kind in 0u8..3, body in proptest::collection::vec(any::<u8>(), 0..2000), reason in 0u8..4) {
+        fn room_frame_roundtrip(kind in 0u8..3, body in proptest::collection::vec(any::<u8>(), MIN_HANDSHAKE_BODY..2000), reason in 0u8..4) {
             let frame = match kind {
                 0 => RoomFrame::Handshake(body),
                 1 => RoomFrame::Transport(body),
@@ -589,7 +713,7 @@ mod tests {
         }
 
         #[test]
-        fn media_roundtrip(flags in 0u8..2, epoch: u32, seq: u32, ts: u64, ct in proptest::collection::vec(any::<u8>(), 16..1400)) {
+        fn media_roundtrip(flags in 0u8..2, epoch: u32, seq: u32, ts: u64, ct in proptest::collection::vec(any::<u8>(), MIN_MEDIA_CIPHERTEXT..1400)) {
             let frame = MediaFrame { header: MediaHeader { flags, epoch, seq, capture_ts_ms: ts }, ciphertext: ct };
             prop_assert_eq!(MediaFrame::decode(&frame.encode()), Ok(frame));
         }
@@ -616,6 +740,99 @@ mod tests {
             Control::decode(&bytes),
             Err(Error::TooLong { what: "roster", .. })
         ));
+    }
+
+    #[test]
+    fn zero_length_and_too_short_frames_are_errors() {
+        assert!(RoomFrame::decode(&[]).is_err());
+        for kind in [1u8, 2, 3] {
+            assert!(
+                RoomFrame::decode(&[kind]).is_err(),
+                "kind {kind} without a body"
+            );
+        }
+        assert!(RoomFrame::decode(&[&[1u8][..], &[0; MIN_HANDSHAKE_BODY - 1]].concat()).is_err());
+        assert!(RoomFrame::decode(&[&[2u8][..], &[0; MIN_TRANSPORT_BODY - 1]].concat()).is_err());
+        assert!(RoomFrame::decode(&[&[1u8][..], &[0; MIN_HANDSHAKE_BODY]].concat()).is_ok());
+        assert!(RoomFrame::decode(&[&[2u8][..], &[0; MIN_TRANSPORT_BODY]].concat()).is_ok());
+        assert!(MediaFrame::decode(&[]).is_err());
+        let header = MediaHeader {
+            flags: 0,
+            epoch: 0,
+            seq: 0,
+            capture_ts_ms: 0,
+        }
+        .encode();
+        assert!(MediaFrame::decode(&header).is_err(), "header only");
+        let short = [&header[..], &[0; MIN_MEDIA_CIPHERTEXT - 1]].concat();
+        assert!(MediaFrame::decode(&short).is_err(), "tag without a length");
+        let ok = [&header[..], &[0; MIN_MEDIA_CIPHERTEXT]].concat();
+        assert!(MediaFrame::decode(&ok).is_ok());
+        assert!(Control::decode(&[]).is_err());
+        assert!(Control::decode(&[VERSION]).is_err());
+    }
+
+    #[test]
+    fn only_dialable_addresses_pass() {
+        for good in [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/192.0.2.7/udp/4001/quic-v1",
+            "/ip6/::1/tcp/4001/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo",
+            "/dns4/relay.example.org/tcp/443/wss",
+            "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo/p2p-circuit/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo",
+            "/dnsaddr/bootstrap.example.org",
+        ] {
+            assert!(is_dialable(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "ip4/127.0.0.1/tcp/1",
+            "/ip4/127.0.0.1",
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip4/127.0.0.1/tcp/70000",
+            "/ip4/0.0.0.0/tcp/4001",
+            "/ip4/255.255.255.255/udp/9/quic-v1",
+            "/ip4/224.0.0.1/udp/5353/quic-v1",
+            "/ip6/::/tcp/1",
+            "/ip6/ff02::1/tcp/1",
+            "/ip4/999.1.1.1/tcp/1",
+            "/unix/tmp/sock",
+            "/memory/1234",
+            "/ip4/127.0.0.1/tcp/1/",
+            "/ip4/127.0.0.1/tcp/1/p2p",
+            "/ip4/127.0.0.1/tcp/1/bogus",
+            "/dns4/bad_name/tcp/1",
+            "/dns4/a..b/tcp/1",
+        ] {
+            assert!(!is_dialable(bad), "{bad}");
+        }
+        assert!(!is_dialable(&format!("/dns4/{}/tcp/1", "a".repeat(300))));
+        let (kept, dropped) = dialable_addrs(
+            vec![
+                "/ip4/127.0.0.1/tcp/1".into(),
+                "junk".into(),
+                "/ip4/127.0.0.1/tcp/1".into(),
+                "/ip4/127.0.0.1/tcp/2".into(),
+                "/ip4/127.0.0.1/tcp/3".into(),
+            ],
+            2,
+        );
+        assert_eq!(kept, vec!["/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2"]);
+        assert_eq!(dropped, 1);
+    }
+
+    #[test]
+    fn peer_ids_must_look_like_multihashes() {
+        let mut ed = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+        ed.extend_from_slice(&[7; 32]);
+        assert!(plausible_peer_id(&ed));
+        let mut sha = vec![0x12, 0x20];
+        sha.extend_from_slice(&[1; 32]);
+        assert!(plausible_peer_id(&sha));
+        assert!(!plausible_peer_id(b"stranger"));
+        assert!(!plausible_peer_id(&[0x00, 0x00]));
+        assert!(!plausible_peer_id(&ed[..20]));
     }
 
     #[test]

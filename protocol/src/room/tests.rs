@@ -1,7 +1,7 @@
 //! Rooms of several members wired together in memory, with the real crypto.
 
 use super::*;
-use crate::crypto::Identity;
+use crate::crypto::{Handshake, HandshakeStep, Identity, LocalStatic, Session};
 
 struct Net {
     rooms: BTreeMap<PeerKey, Room>,
@@ -317,7 +317,16 @@ fn a_full_room_refuses_newcomers() {
     net.rooms.get_mut(&a).expect("a").cfg.max_members = 2;
     net.connect(&a, &b);
     net.connect(&c, &a);
+    // C hears a refusal (unauthenticated, so reported as what the peer said); A reports
+    // its own decision.
     assert!(net.events(&c).iter().any(|e| matches!(
+        e,
+        Event::AdmissionFailed {
+            reason: AdmissionFailure::Rejected(RejectReason::RoomFull),
+            ..
+        }
+    )));
+    assert!(net.events(&a).iter().any(|e| matches!(
         e,
         Event::AdmissionFailed {
             reason: AdmissionFailure::RoomFull,
@@ -338,4 +347,464 @@ fn garbage_on_the_room_stream_fails_the_peer_without_panicking() {
     }
     room.handle_frame(now, b"stranger", &[2, 0, 0]);
     assert_eq!(room.member_count(), 0);
+}
+
+impl Net {
+    fn room(&mut self, who: &PeerKey) -> &mut Room {
+        self.rooms.get_mut(who).expect("room")
+    }
+
+    /// `from` sends `msg` to `to` over their session (whatever the state machine would do).
+    fn inject(&mut self, from: &PeerKey, to: &PeerKey, msg: &Control) {
+        let now = self.now;
+        self.room(from).send_control(now, to, msg);
+        self.pump();
+    }
+}
+
+fn peer_keys(room: &Room, of: &[u8]) -> Option<u32> {
+    match room.peers.get(of) {
+        Some(PeerState::Member(m)) => m.keys.newest_epoch(),
+        _ => None,
+    }
+}
+
+/// A well-formed libp2p peer id (identity multihash of an Ed25519 key) that is nobody.
+fn fake_peer(i: u8) -> PeerKey {
+    let mut id = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+    id.extend_from_slice(&[i; 32]);
+    id
+}
+
+/// A hostile peer that holds the ticket but drives the handshake by hand: it completes
+/// the handshake with a room and then sends only what the test makes it send.
+struct Raw {
+    id: PeerKey,
+    session: Session,
+}
+
+impl Raw {
+    /// Runs the handshake with `a` (as initiator). Returns the peer and the control
+    /// messages `a` sent it once the session was up.
+    fn handshake(net: &mut Net, seed: u64, a: &PeerKey) -> (Self, Vec<Control>) {
+        let who = identity(seed);
+        let id = who.peer_id();
+        let room_id = [5u8; 16];
+        let local = LocalStatic::new(&who, &room_id, [seed as u8; 32]).expect("static");
+        let psk = room_psk(&room_id, &[9; 32]);
+        let mut hs =
+            Handshake::new(true, &local, &room_id, &psk, [seed as u8 ^ 0x55; 32]).expect("hs");
+        let now = net.now;
+        net.room(a)
+            .connect(now, id.clone(), false)
+            .expect("connect");
+        loop {
+            while !hs.is_finished() {
+                match hs.write().expect("write") {
+                    HandshakeStep::Send(m) => {
+                        net.room(a)
+                            .handle_frame(now, &id, &RoomFrame::Handshake(m).encode());
+                    }
+                    HandshakeStep::Wait => break,
+                }
+            }
+            if hs.is_finished() {
+                break;
+            }
+            for frame in net.take_for(a, &id) {
+                if let Ok(RoomFrame::Handshake(m)) = RoomFrame::decode(&frame) {
+                    hs.read(&m).expect("read");
+                }
+            }
+        }
+        let mut raw = Raw {
+            id,
+            session: hs.into_session().expect("session"),
+        };
+        let got = raw.receive(net, a);
+        (raw, got)
+    }
+
+    /// The control messages `a` has sent us since the last call.
+    fn receive(&mut self, net: &mut Net, a: &PeerKey) -> Vec<Control> {
+        net.take_for(a, &self.id)
+            .into_iter()
+            .filter_map(|f| match RoomFrame::decode(&f) {
+                Ok(RoomFrame::Transport(ct)) => {
+                    let pt = self.session.decrypt(&ct).expect("decrypt");
+                    Some(Control::decode(&pt).expect("control"))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sends `msg` to `a` over the session.
+    fn send(&mut self, net: &mut Net, a: &PeerKey, msg: &Control) {
+        let ct = self.session.encrypt(&msg.encode()).expect("encrypt");
+        let now = net.now;
+        net.room(a)
+            .handle_frame(now, &self.id, &RoomFrame::Transport(ct).encode());
+        net.pump();
+    }
+}
+
+impl Net {
+    /// Delivers what `from` has queued, except frames for `to`, which are returned.
+    fn take_for(&mut self, from: &PeerKey, to: &PeerKey) -> Vec<Vec<u8>> {
+        let mut mine = Vec::new();
+        let now = self.now;
+        while let Some(t) = self.room(from).poll_transmit() {
+            if t.peer == *to {
+                mine.push(t.frame);
+            } else if let Some(r) = self.rooms.get_mut(&t.peer) {
+                r.handle_frame(now, from, &t.frame);
+            }
+        }
+        self.pump();
+        mine
+    }
+}
+
+#[test]
+fn a_session_without_hello_counts_but_is_sent_nothing() {
+    let mut rooms = BTreeMap::new();
+    let a = Net::add_room(&mut rooms, 0, [9; 32]);
+    let b = Net::add_room(&mut rooms, 1, [9; 32]);
+    let c = Net::add_room(&mut rooms, 3, [9; 32]);
+    let mut net = Net { rooms, now: 1_000 };
+    net.room(&a).cfg.max_members = 3;
+    net.connect(&a, &b);
+    let (mut s, got) = Raw::handshake(&mut net, 40, &a);
+    // S holds a session with A (it holds the secret), but said no Hello: it takes a place,
+    // it is no member, and all it got is A's Hello — no roster, no sender key.
+    assert!(matches!(got.as_slice(), [Control::Hello { .. }]), "{got:?}");
+    assert_eq!(net.rooms[&a].session_count(), 2);
+    assert_eq!(net.rooms[&a].member_count(), 1);
+    assert!(!net.rooms[&a].is_member(&s.id));
+    let epoch = net.rooms[&a].epoch();
+    // Heartbeats keep its session open but do not admit it.
+    s.send(&mut net, &a, &Control::Heartbeat);
+    assert!(net.rooms[&a].knows(&s.id) && !net.rooms[&a].is_member(&s.id));
+    // Media from it is refused.
+    let frame = net.send(&b, b"noise");
+    assert!(net.open(&a, &s.id, &frame).is_err());
+    assert_eq!(net.rooms[&a].counters().media_from_non_member, 1);
+    // The room is full: C is refused.
+    net.connect(&c, &a);
+    assert!(net.events(&a).iter().any(|e| matches!(
+        e,
+        Event::AdmissionFailed { peer, reason: AdmissionFailure::RoomFull } if *peer == c
+    )));
+    // S's Hello deadline passes (B stays alive with heartbeats): S is dropped, and as it
+    // never held the key, nothing needs to rotate.
+    for _ in 0..100 {
+        net.now += 100;
+        let now = net.now;
+        net.room(&a).handle_timeout(now);
+        net.room(&b).handle_timeout(now);
+        let _ = net.take_for(&a, &s.id);
+    }
+    let ev = net.events(&a);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::AdmissionFailed { peer, reason: AdmissionFailure::Incomplete } if *peer == s.id
+    )));
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, Event::Rekeyed { .. } | Event::Left { .. })));
+    assert_eq!(net.rooms[&a].epoch(), epoch);
+    assert_eq!(net.rooms[&a].session_count(), 1);
+    // A later joiner gets in and can decrypt; so can B.
+    net.connect(&c, &a);
+    assert!(net.rooms[&a].is_member(&c));
+    let frame = net.send(&a, b"after");
+    for who in [&b, &c] {
+        let opened = net.open(who, &a, &frame).expect("open").expect("not held");
+        assert_eq!(opened.payload, b"after");
+    }
+}
+
+#[test]
+fn control_messages_before_hello_are_a_violation() {
+    let fakes = || Control::Roster {
+        members: (0..8)
+            .map(|i| PeerInfo {
+                peer_id: fake_peer(i),
+                addrs: vec!["/ip4/10.0.0.1/tcp/22".into()],
+            })
+            .collect(),
+    };
+    let key = Control::SenderKey {
+        epoch: 7,
+        key: [1; 32],
+        fresh: true,
+    };
+    for msg in [fakes(), key, Control::Recording { on: true }] {
+        let mut rooms = BTreeMap::new();
+        let a = Net::add_room(&mut rooms, 0, [9; 32]);
+        let mut net = Net { rooms, now: 1_000 };
+        let (mut s, _) = Raw::handshake(&mut net, 41, &a);
+        net.events(&a);
+        s.send(&mut net, &a, &msg);
+        let ev = net.events(&a);
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, Event::Dial(_) | Event::Recording { .. })),
+            "{ev:?}"
+        );
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::AdmissionFailed { peer, reason: AdmissionFailure::Protocol(_) } if *peer == s.id
+        )));
+        assert!(!net.rooms[&a].knows(&s.id));
+    }
+}
+
+#[test]
+fn a_reject_counts_only_from_a_peer_in_a_handshake() {
+    let (mut net, ids) = Net::new(3, [9; 32]);
+    net.mesh(&ids);
+    let (a, b, c) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    for id in &ids {
+        net.events(id);
+    }
+    let now = net.now;
+    let reject = RoomFrame::Reject(RejectReason::BadSecret).encode();
+    // From a stranger we have nothing with: ignored.
+    net.room(&a).handle_frame(now, &fake_peer(1), &reject);
+    assert!(net.events(&a).is_empty());
+    assert_eq!(net.rooms[&a].counters().rejects_ignored, 1);
+    assert_eq!(net.rooms[&a].member_count(), 2);
+    // During a handshake: the handshake fails, reported as the peer's claim.
+    let x = Net::add_room(&mut net.rooms, 5, [9; 32]);
+    net.room(&a).connect(now, x.clone(), true).expect("connect");
+    net.room(&a).handle_frame(now, &x, &reject);
+    assert_eq!(
+        net.events(&a),
+        vec![Event::AdmissionFailed {
+            peer: x.clone(),
+            reason: AdmissionFailure::Rejected(RejectReason::BadSecret),
+        }]
+    );
+    assert_eq!(net.rooms[&a].counters().rejects_received, 1);
+    // On an established member's own stream: a protocol violation of that member, which
+    // leaves (and the key rotates); nobody else is touched.
+    net.room(&a).handle_frame(now, &b, &reject);
+    net.pump();
+    let ev = net.events(&a);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Left { peer, reason: LeaveReason::Misbehaved } if *peer == b
+    )));
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, Event::AdmissionFailed { .. })));
+    assert!(net.rooms[&a].is_member(&c));
+    let frame = net.send(&a, b"still here");
+    assert!(net.open(&c, &a, &frame).expect("c opens").is_some());
+}
+
+#[test]
+fn receivers_follow_a_hundred_handshakes_between_two_frames() {
+    let mut rooms = BTreeMap::new();
+    let a = Net::add_room(&mut rooms, 0, [9; 32]);
+    let b = Net::add_room(&mut rooms, 1, [9; 32]);
+    let mut net = Net { rooms, now: 1_000 };
+    net.room(&a).cfg.max_members = MAX_MEMBERS;
+    net.connect(&a, &b);
+    let first = net.send(&a, b"first");
+    assert!(net.open(&b, &a, &first).expect("first").is_some());
+    let start = net.rooms[&a].epoch();
+    let mut joined: VecDeque<PeerKey> = VecDeque::new();
+    for i in 0..100 {
+        if net.rooms[&a].session_count() + 1 >= MAX_MEMBERS {
+            // Full: the oldest joiner leaves (a fresh key goes to everyone who stays).
+            let old = joined.pop_front().expect("a joiner");
+            let now = net.now;
+            net.room(&old).leave(now);
+            net.pump();
+            net.rooms.remove(&old);
+        }
+        let j = Net::add_room(&mut net.rooms, 100 + i, [9; 32]);
+        net.connect(&j, &a);
+        assert!(net.rooms[&a].is_member(&j), "joiner {i}");
+        joined.push_back(j);
+    }
+    assert_eq!(net.rooms[&a].counters().handshakes_started, 101);
+    assert!(net.rooms[&a].epoch() - start >= 100);
+    // No member is ever more ratchet steps behind than the refresh bound.
+    assert!(net.rooms[&a].counters().key_refreshes > 0);
+    for who in std::iter::once(&b).chain(joined.iter()) {
+        let known = peer_keys(&net.rooms[who], &a).expect("a key");
+        assert!(net.rooms[&a].epoch() - known < KEY_REFRESH_STEPS);
+    }
+    let second = net.send(&a, b"second");
+    for who in std::iter::once(b.clone()).chain(joined.iter().cloned()) {
+        let opened = net
+            .open(&who, &a, &second)
+            .expect("open")
+            .expect("not held");
+        assert_eq!(opened.payload, b"second");
+    }
+}
+
+#[test]
+fn the_key_is_refreshed_before_ratchets_outrun_the_window() {
+    // 62 joins and no departure: without refreshes B would need 62 ratchet steps.
+    let mut rooms = BTreeMap::new();
+    let a = Net::add_room(&mut rooms, 0, [9; 32]);
+    let b = Net::add_room(&mut rooms, 1, [9; 32]);
+    let mut net = Net { rooms, now: 1_000 };
+    net.room(&a).cfg.max_members = MAX_MEMBERS;
+    net.connect(&a, &b);
+    for i in 0..(MAX_MEMBERS as u64 - 2) {
+        let j = Net::add_room(&mut net.rooms, 200 + i, [9; 32]);
+        net.connect(&j, &a);
+        let behind = net.rooms[&a].epoch() - peer_keys(&net.rooms[&b], &a).expect("key");
+        assert!(
+            behind < KEY_REFRESH_STEPS,
+            "{behind} steps behind after {i} joins"
+        );
+    }
+    assert_eq!(net.rooms[&a].session_count(), MAX_MEMBERS - 1);
+    assert!(!net
+        .events(&a)
+        .iter()
+        .any(|e| matches!(e, Event::Left { .. })));
+}
+
+#[test]
+fn roster_gossip_is_bounded_and_filtered() {
+    let (mut net, ids) = Net::new(3, [9; 32]);
+    net.mesh(&ids);
+    let (a, b, c) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    // C is lost; A remembers the addresses C announced itself.
+    let now = net.now;
+    net.room(&a).peer_disconnected(now, &c);
+    net.room(&b).peer_disconnected(now, &c);
+    net.rooms.remove(&c);
+    net.pump();
+    for id in [&a, &b] {
+        net.events(id);
+    }
+    let c_own = "/ip4/127.0.0.1/tcp/4002".to_string();
+    let junk = |i: u8| {
+        vec![
+            "/ip4/0.0.0.0/tcp/1".to_string(),
+            "/unix/run/x".into(),
+            format!("/ip4/10.0.{i}.1/tcp/22"),
+            "not an address".into(),
+            format!("/ip4/10.0.{i}.2/tcp/22"),
+            format!("/ip4/10.0.{i}.3/tcp/22"),
+            format!("/ip4/10.0.{i}.4/tcp/22"),
+            format!("/ip4/10.0.{i}.5/tcp/22"),
+        ]
+    };
+    let mut members = vec![
+        PeerInfo {
+            peer_id: c.clone(),
+            addrs: junk(0),
+        },
+        PeerInfo {
+            peer_id: a.clone(),
+            addrs: junk(0),
+        },
+        PeerInfo {
+            peer_id: b"not a peer id".to_vec(),
+            addrs: junk(0),
+        },
+    ];
+    members.extend((1..=40).map(|i| PeerInfo {
+        peer_id: fake_peer(i),
+        addrs: junk(i),
+    }));
+    members.push(members[3].clone());
+    net.inject(&b, &a, &Control::Roster { members });
+    let dials: Vec<PeerInfo> = net
+        .events(&a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Dial(info) => Some(info),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dials.len(), MAX_DIALS_PER_ROSTER);
+    for d in &dials {
+        assert!(d.addrs.len() <= MAX_DIAL_ADDRS);
+        assert!(d.addrs.iter().all(|x| crate::wire::is_dialable(x)));
+        assert!(d.peer_id != a && d.peer_id != b);
+    }
+    // The lost member's own address comes first; gossip only fills up behind it.
+    assert_eq!(dials[0].peer_id, c);
+    assert_eq!(dials[0].addrs[0], c_own);
+    let counters = net.rooms[&a].counters();
+    assert_eq!(counters.dials_suggested, MAX_DIALS_PER_ROSTER as u64);
+    assert!(counters.addrs_dropped > 0);
+    // A room with one free place yields one suggestion.
+    net.room(&a).cfg.max_members = 3;
+    let members = (50..60)
+        .map(|i| PeerInfo {
+            peer_id: fake_peer(i),
+            addrs: vec![],
+        })
+        .collect();
+    net.inject(&b, &a, &Control::Roster { members });
+    let n = net
+        .events(&a)
+        .iter()
+        .filter(|e| matches!(e, Event::Dial(_)))
+        .count();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn malformed_and_empty_frames_change_nothing() {
+    let (mut net, ids) = Net::new(2, [9; 32]);
+    net.mesh(&ids);
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    net.events(&a);
+    let now = net.now;
+    let before = net.rooms[&a].counters().malformed_frames;
+    for junk in [
+        &[][..],
+        &[1u8][..],
+        &[2u8][..],
+        &[2, 0, 0][..],
+        &[9, 9][..],
+        &[3][..],
+    ] {
+        net.room(&a).handle_frame(now, &b, junk);
+    }
+    assert_eq!(net.rooms[&a].counters().malformed_frames, before + 6);
+    assert!(net.events(&a).is_empty());
+    assert!(net.rooms[&a].is_member(&b));
+    // Junk is not traffic: it does not keep B alive.
+    net.now += 6_000;
+    let now = net.now;
+    for _ in 0..10 {
+        net.room(&a).handle_frame(now, &b, &[]);
+    }
+    net.room(&a).handle_timeout(now);
+    assert!(!net.rooms[&a].is_member(&b));
+}
+
+#[test]
+fn empty_media_frames_and_payloads_are_refused() {
+    let (mut net, ids) = Net::new(2, [9; 32]);
+    net.mesh(&ids);
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    assert!(net.room(&a).encrypt_media(0, &[], None).is_err());
+    assert!(net.open(&b, &a, &[]).is_err());
+    // A sender that bypasses the check: the empty payload authenticates but is refused.
+    let frame = net
+        .room(&a)
+        .sender
+        .encrypt(0, &[], None)
+        .expect("encrypt")
+        .encode();
+    assert!(matches!(net.open(&b, &a, &frame), Err(Error::Malformed(_))));
+    assert_eq!(net.rooms[&b].counters().malformed_frames, 2);
+    let ok = net.send(&a, b"x");
+    assert!(net.open(&b, &a, &ok).expect("open").is_some());
 }
