@@ -293,35 +293,168 @@ pub fn delete_locked(dir: &Path, guard: Option<std::fs::File>) -> Result<(), Acc
     Ok(())
 }
 
+/// Copies the store `from` into a new private directory `to` (0700, files 0600).
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
+    super::store::create_private_dir(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
+        let kind = e.file_type()?;
+        if kind.is_dir() {
             copy_dir(&e.path(), &target)?;
-        } else {
+        } else if kind.is_file() {
             std::fs::copy(e.path(), &target)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::Permissions::from_mode(super::store::FILE_MODE);
+                std::fs::set_permissions(&target, mode)?;
+            }
         }
     }
     Ok(())
+}
+
+/// The file in `db/` that says the store was closed cleanly, and how its files looked then.
+const CLEAN_MARK: &str = "confab-clean";
+/// First line of [`CLEAN_MARK`].
+const CLEAN_MARK_V1: &str = "confab-clean-v1";
+/// A fingerprint longer than this is not one confab wrote.
+const CLEAN_MARK_MAX: u64 = 64 * 1024;
+
+/// One line per file and directory under `db` (the mark itself left out): path, mode, inode,
+/// and for files size, mtime and ctime to the nanosecond. A write, a truncation, a replaced,
+/// added or removed file, a `touch` — any of them changes it (ctime cannot be set back by a
+/// user). Directories' own times are left out: writing the mark changes them.
+fn fingerprint(db: &Path) -> std::io::Result<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            if rel.as_os_str() == CLEAN_MARK {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            out.push(format!("{} {}", rel.display(), describe(&meta)));
+            if meta.is_dir() {
+                walk(root, &path, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut lines = Vec::new();
+    walk(db, db, &mut lines)?;
+    lines.sort();
+    Ok(format!("{CLEAN_MARK_V1}\n{}\n", lines.join("\n")))
+}
+
+#[cfg(unix)]
+fn describe(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if m.is_dir() {
+        return format!("{:o} {} {}", m.mode(), m.dev(), m.ino());
+    }
+    format!(
+        "{:o} {} {} {} {}.{:09} {}.{:09}",
+        m.mode(),
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    )
+}
+
+#[cfg(not(unix))]
+fn describe(m: &std::fs::Metadata) -> String {
+    format!("{} {} {:?}", m.is_dir(), m.len(), m.modified().ok())
+}
+
+/// After the store's database is closed: records that it was closed cleanly, and how its
+/// files look, so that the next open can skip the damaged-store check. Best effort: if the
+/// mark cannot be written, the next open checks.
+pub(crate) fn mark_clean_close(dir: &Path) {
+    let db = dir.join("db");
+    let mark = db.join(CLEAN_MARK);
+    // Files sled made while the store was open (snapshots, blobs) get their modes first:
+    // a chmod after the fingerprint would change it.
+    let print = super::store::restrict_store(dir)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|()| fingerprint(&db));
+    let Ok(print) = print else {
+        let _ = std::fs::remove_file(&mark);
+        return;
+    };
+    // Unchanged (an open that wrote nothing): the mark stays as it is, byte for byte.
+    if read_mark(&mark).as_deref() == Some(print.as_str()) {
+        return;
+    }
+    let _ = std::fs::remove_file(&mark);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, super::store::FILE_MODE);
+    let written = options.open(&mark).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, print.as_bytes())?;
+        f.sync_all()
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&mark);
+    }
+}
+
+/// The mark's text, if it is a plain file of a sane size.
+fn read_mark(mark: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(mark).ok()?;
+    if !meta.is_file() || meta.len() > CLEAN_MARK_MAX {
+        return None;
+    }
+    std::fs::read_to_string(mark).ok()
+}
+
+/// Whether `db` was closed cleanly by confab and not touched since.
+fn closed_cleanly(db: &Path) -> bool {
+    match (read_mark(&db.join(CLEAN_MARK)), fingerprint(db)) {
+        (Some(recorded), Ok(now)) => recorded == now,
+        _ => false,
+    }
+}
+
+/// How [`check_before_open`] judged the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// There is no store yet.
+    New,
+    /// Closed cleanly by confab and unchanged since: not copied.
+    CleanClose,
+    /// A copy was opened and found sound.
+    Copied,
 }
 
 /// Before sled opens an existing `dir/db`: sled repairs a damaged database silently on
 /// open (a truncated or overwritten log loses records, a damaged `conf` is rewritten), so
 /// the check opens a copy first. The store is refused, untouched, when opening the copy
 /// fails, rewrites its `conf`, or loses the schema version that every store has.
-pub fn check_before_open(dir: &Path) -> Result<(), StoreError> {
+///
+/// The copy is skipped when the store was closed cleanly by confab and none of its files
+/// changed since (the `db/confab-clean` fingerprint of sizes, inodes, mtimes and ctimes,
+/// written after the database closed); after a crash, a kill, or any change made from
+/// outside, the copy is made. Everything runs under the store's lock, so a store being
+/// written is never mistaken for damaged, and the copies that a crashed check left are
+/// removed first.
+pub fn check_before_open(dir: &Path) -> Result<Checked, StoreError> {
     let db = dir.join("db");
     if !db.exists() {
-        return Ok(());
+        return Ok(Checked::New);
     }
     let corrupt = |detail: String| StoreError::Corrupt {
         path: dir.to_path_buf(),
         detail,
     };
-    // Copy under the store's lock, so a store being written is not mistaken for damaged.
-    let lock = match std::fs::File::open(db.join("db")) {
+    let _lock = match std::fs::File::open(db.join("db")) {
         Ok(f) => {
             if fs2::FileExt::try_lock_exclusive(&f).is_err() {
                 return Err(StoreError::Locked(dir.to_path_buf()));
@@ -331,11 +464,13 @@ pub fn check_before_open(dir: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(corrupt(format!("cannot read db/db: {e}"))),
     };
+    remove_prefixed(dir, &[CHECK]);
+    if closed_cleanly(&db) {
+        return Ok(Checked::CleanClose);
+    }
     let check = dir.join(format!("{CHECK}{}", random_suffix()));
-    let copied = copy_dir(&db, &check);
-    drop(lock);
     let result = (|| {
-        copied.map_err(|e| corrupt(format!("cannot read the store: {e}")))?;
+        copy_dir(&db, &check).map_err(|e| corrupt(format!("cannot read the store: {e}")))?;
         let conf_before = std::fs::read(check.join("conf")).ok();
         let opened = sled::Config::new()
             .path(&check)
@@ -350,7 +485,7 @@ pub fn check_before_open(dir: &Path) -> Result<(), StoreError> {
             return Err(corrupt("its configuration file db/conf is damaged".into()));
         }
         match version {
-            Some(v) if v.len() == 4 => Ok(()),
+            Some(v) if v.len() == 4 => Ok(Checked::Copied),
             Some(_) => Err(corrupt("the schema version record is malformed".into())),
             None => Err(corrupt(
                 "its records are unreadable (the database file db/db is truncated or damaged)"
@@ -379,17 +514,19 @@ pub fn recover_interrupted_swap(dir: &Path) {
     }
 }
 
-/// After the store's lock is taken: removes what an interrupted delete or reseal left.
+/// After the store's lock is taken: removes what an interrupted delete, reseal or check
+/// left.
 pub fn remove_leftovers(dir: &Path) {
+    remove_prefixed(dir, &[DELETING, REWRITE, OLD, CHECK]);
+}
+
+fn remove_prefixed(dir: &Path, prefixes: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if [DELETING, REWRITE, OLD, CHECK]
-            .iter()
-            .any(|p| name.starts_with(p))
-        {
+        if prefixes.iter().any(|p| name.starts_with(p)) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -408,7 +545,7 @@ pub enum Reseal {
 /// Rewrites the (unlocked) account into a fresh database sealed as `how` says, swaps it in
 /// and removes the old one, so that nothing removed or re-keyed survives in sled's log.
 /// Returns the reopened store (unlocked unless `how` is [`Reseal::Keep`]).
-pub fn reseal(store: Store, how: Reseal) -> Result<Store, AccountError> {
+pub fn reseal(mut store: Store, how: Reseal) -> Result<Store, AccountError> {
     if !store.is_unlocked()? {
         return Err(StoreError::PassphraseRequired(store.dir().to_path_buf()).into());
     }
@@ -416,6 +553,8 @@ pub fn reseal(store: Store, how: Reseal) -> Result<Store, AccountError> {
     let fresh_path = dir.join(format!("{REWRITE}{}", random_suffix()));
     let io = |e: std::io::Error| AccountError::Io(e.to_string());
     {
+        // Private before sled puts anything in it.
+        super::store::create_private_dir(&fresh_path).map_err(io)?;
         let fresh = sled::Config::new()
             .path(&fresh_path)
             .open()
@@ -465,6 +604,8 @@ pub fn reseal(store: Store, how: Reseal) -> Result<Store, AccountError> {
         let _ = std::fs::remove_dir_all(&fresh_path);
         return Err(io(e));
     }
+    // Its database is now `old_path`: no clean-close mark for the fresh one.
+    store.forget_clean_close();
     drop(store);
     std::fs::remove_dir_all(&old_path).map_err(io)?;
     let reopened = Store::open(&dir)?;
@@ -516,5 +657,193 @@ mod tests {
             parse_export(&text),
             Err(AccountError::NotAnExport(_))
         ));
+    }
+
+    /// JSON values that look more or less like an export document, so that the decoder gets
+    /// past its first checks: the known keys with values of any type, nested.
+    fn export_like() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            Just(Value::from(EXPORT_FORMAT)),
+            Just(Value::from(1u64)),
+            "[0-9a-f]{0,70}".prop_map(Value::from),
+            ".{0,80}".prop_map(Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(key(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        proptest::collection::btree_map(key(), value, 0..12).prop_map(|m| {
+            let mut o: serde_json::Map<String, Value> = m.into_iter().collect();
+            o.entry("format")
+                .or_insert_with(|| Value::from(EXPORT_FORMAT));
+            o.entry("version").or_insert_with(|| Value::from(1u64));
+            Value::Object(o)
+        })
+    }
+
+    fn key() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::sample::select(vec![
+                "format",
+                "version",
+                "exported_ms",
+                "peer_id",
+                "secret_key",
+                "name",
+                "rooms",
+                "settings",
+                "history_retention_days",
+                "history",
+                "room_id",
+                "secret",
+                "listen",
+                "ticket",
+                "created_ms",
+                "relays",
+                "peers",
+                "started_ms",
+                "duration_ms",
+            ])
+            .prop_map(str::to_owned),
+            ".{0,12}",
+        ]
+    }
+
+    /// The decoder's property: any input gives a document or an error, never a panic, and a
+    /// document it accepts is one it accepts again after a round trip.
+    fn decodes_without_panic(text: &str) {
+        if let Ok(doc) = parse_export(text) {
+            let again = serde_json::to_string(&doc).expect("serialize");
+            assert_eq!(parse_export(&again).expect("round trip"), doc);
+        }
+    }
+
+    fn cases(default: u32) -> u32 {
+        std::env::var("CONFAB_PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn run_decoder_property(n: u32) {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config {
+            cases: n,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strategy = prop_oneof![
+            ".{0,200}",
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            export_like().prop_map(|v| v.to_string()),
+            // A valid document with one byte changed.
+            (export_like(), any::<proptest::sample::Index>(), any::<u8>()).prop_map(
+                |(v, at, b)| {
+                    let mut bytes = v.to_string().into_bytes();
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+            ),
+        ];
+        runner
+            .run(&strategy, |text| {
+                decodes_without_panic(&text);
+                Ok(())
+            })
+            .expect("the export decoder never panics");
+    }
+
+    #[test]
+    fn the_export_decoder_never_panics() {
+        run_decoder_property(cases(2_000));
+    }
+
+    /// The long run: `cargo test --release -p confab-node --lib -- --ignored
+    /// export_decoder_long_run` (100k cases; `CONFAB_PROPTEST_CASES` sets another count).
+    #[test]
+    #[ignore = "long run: 100k cases"]
+    fn export_decoder_long_run() {
+        run_decoder_property(cases(100_000));
+    }
+
+    #[test]
+    fn a_real_export_and_deep_nesting_decode_without_panic() {
+        let doc = AccountExport {
+            format: EXPORT_FORMAT.into(),
+            version: 1,
+            exported_ms: 5,
+            peer_id: peer_id_of(&[3; 32]).expect("pid"),
+            secret_key: Some(hex(&[3; 32])),
+            name: Some("ada".into()),
+            rooms: vec![],
+            settings: Settings::default(),
+            history_retention_days: 30,
+            history: vec![],
+        };
+        let text = serde_json::to_string(&doc).expect("json");
+        assert_eq!(parse_export(&text).expect("parse"), doc);
+        decodes_without_panic(&"[".repeat(100_000));
+        decodes_without_panic(&format!("{{\"format\":{}", "[".repeat(100_000)));
+        // A multi-byte character where the hex key is split into pairs.
+        let odd = text.replace(&hex(&[3; 32]), &format!("é{}", &hex(&[3; 32])[2..]));
+        decodes_without_panic(&odd);
+    }
+
+    #[test]
+    fn a_clean_close_skips_the_copy_and_any_change_brings_it_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        assert_eq!(check_before_open(d).expect("new"), Checked::New);
+        {
+            let s = Store::open(d).expect("open");
+            s.set_name("ada").expect("name");
+        }
+        assert_eq!(check_before_open(d).expect("clean"), Checked::CleanClose);
+        // Opened and closed again, still clean; nothing left beside the store.
+        drop(Store::open(d).expect("reopen"));
+        assert_eq!(check_before_open(d).expect("clean"), Checked::CleanClose);
+        // Any change from outside (here: the same bytes written again) means a full check.
+        let conf = std::fs::read(d.join("db/conf")).expect("conf");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(d.join("db/conf"), conf).expect("rewrite");
+        assert_eq!(check_before_open(d).expect("copied"), Checked::Copied);
+        // While a store is open and written (what a crash leaves), its mark no longer fits.
+        let s = Store::open(d).expect("open");
+        s.set_name("bob").expect("name");
+        assert!(!closed_cleanly(&d.join("db")));
+        drop(s);
+        assert!(closed_cleanly(&d.join("db")));
+    }
+
+    #[test]
+    fn a_check_copy_left_by_a_crash_is_removed_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        drop(Store::open(d).expect("open"));
+        let left = d.join(format!("{CHECK}deadbeef"));
+        copy_dir(&d.join("db"), &left).expect("copy");
+        // Even when the open then fails (the store is refused as damaged).
+        std::fs::write(d.join("db/db"), b"").expect("damage");
+        assert!(matches!(Store::open(d), Err(StoreError::Corrupt { .. })));
+        assert!(!left.exists(), "the leftover copy was removed");
+        let names: Vec<_> = std::fs::read_dir(d)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("db")]);
     }
 }

@@ -32,6 +32,56 @@ pub enum SealError {
     Damaged,
     #[error("invalid key derivation parameters: {0}")]
     Params(String),
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
+}
+
+/// Bounds on the Argon2id cost that [`SealKey::unlock`] accepts from a seal record (which is
+/// stored in clear, so whoever can write the data directory chooses it) and that
+/// [`SealKey::create`] writes. They keep an unlock within a few hundred MiB and seconds; the
+/// default cost sits well inside.
+pub const MIN_M_KIB: u32 = 8 * 1024;
+/// At most 256 MiB of memory.
+pub const MAX_M_KIB: u32 = 256 * 1024;
+/// At most 16 passes.
+pub const MAX_T: u32 = 16;
+/// At most 8 lanes.
+pub const MAX_P: u32 = 8;
+/// At most this much work (memory in KiB times passes): 1 GiB·pass, 16 times the default.
+pub const MAX_WORK_KIB: u64 = 1024 * 1024;
+/// Salt length in bytes.
+const SALT_LEN: usize = 16;
+
+/// Refuses an Argon2id cost outside the bounds, with the reason.
+pub fn check_cost(cost: Cost) -> Result<(), SealError> {
+    let bad = |what: String| Err(SealError::Params(what));
+    if !(MIN_M_KIB..=MAX_M_KIB).contains(&cost.m_kib) {
+        return bad(format!(
+            "memory {} KiB is outside {MIN_M_KIB}..={MAX_M_KIB} KiB",
+            cost.m_kib
+        ));
+    }
+    if !(1..=MAX_T).contains(&cost.t) {
+        return bad(format!("{} passes is outside 1..={MAX_T}", cost.t));
+    }
+    if !(1..=MAX_P).contains(&cost.p) {
+        return bad(format!("{} lanes is outside 1..={MAX_P}", cost.p));
+    }
+    if u64::from(cost.m_kib) * u64::from(cost.t) > MAX_WORK_KIB {
+        return bad(format!(
+            "memory × passes = {} KiB is over {MAX_WORK_KIB} KiB",
+            u64::from(cost.m_kib) * u64::from(cost.t)
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a passphrase that is empty or only white space.
+pub fn check_new_passphrase(passphrase: &str) -> Result<(), SealError> {
+    if passphrase.trim().is_empty() {
+        return Err(SealError::EmptyPassphrase);
+    }
+    Ok(())
 }
 
 /// The clear record that describes how a store is sealed.
@@ -118,8 +168,11 @@ fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
 
 impl SealKey {
     /// A new key for `passphrase` with a fresh random salt, and the record that describes it.
+    /// An empty passphrase and a cost outside the bounds ([`check_cost`]) are refused.
     pub fn create(passphrase: &str, cost: Cost) -> Result<(SealKey, SealRecord), SealError> {
-        let mut salt = [0u8; 16];
+        check_new_passphrase(passphrase)?;
+        check_cost(cost)?;
+        let mut salt = [0u8; SALT_LEN];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let key = derive(passphrase, &salt, cost)?;
         let check = key.seal_raw(CHECK_AAD, CHECK_PLAINTEXT);
@@ -134,22 +187,33 @@ impl SealKey {
         Ok((key, record))
     }
 
-    /// The key for `passphrase` under `record`, or [`SealError::WrongPassphrase`].
+    /// The key for `passphrase` under `record`, or [`SealError::WrongPassphrase`]. The
+    /// record's parameters are checked before any work: a cost outside the bounds, a salt
+    /// or check value of the wrong length is [`SealError::Params`].
     pub fn unlock(passphrase: &str, record: &SealRecord) -> Result<SealKey, SealError> {
         if record.kdf != "argon2id" {
-            return Err(SealError::Params(format!("unknown kdf {:?}", record.kdf)));
+            return Err(SealError::Params(format!(
+                "unknown kdf {:?}",
+                record.kdf.chars().take(32).collect::<String>()
+            )));
+        }
+        let cost = Cost {
+            m_kib: record.m_kib,
+            t: record.t,
+            p: record.p,
+        };
+        check_cost(cost)?;
+        if record.salt.len() != 2 * SALT_LEN {
+            return Err(SealError::Params("the salt is not 16 bytes".into()));
+        }
+        if record.check.len() != 2 * (1 + NONCE_LEN + CHECK_PLAINTEXT.len() + TAG_LEN) {
+            return Err(SealError::Params(
+                "the check value has the wrong length".into(),
+            ));
         }
         let salt = unhex(&record.salt).ok_or_else(|| SealError::Params("salt".into()))?;
         let check = unhex(&record.check).ok_or_else(|| SealError::Params("check".into()))?;
-        let key = derive(
-            passphrase,
-            &salt,
-            Cost {
-                m_kib: record.m_kib,
-                t: record.t,
-                p: record.p,
-            },
-        )?;
+        let key = derive(passphrase, &salt, cost)?;
         match key.open_raw(CHECK_AAD, &check) {
             Ok(p) if p == CHECK_PLAINTEXT => Ok(key),
             _ => Err(SealError::WrongPassphrase),
@@ -247,10 +311,76 @@ mod tests {
     use super::*;
 
     const FAST: Cost = Cost {
-        m_kib: 64,
+        m_kib: MIN_M_KIB,
         t: 1,
         p: 1,
     };
+
+    #[test]
+    fn an_empty_passphrase_is_refused() {
+        for p in ["", "   ", "\t\n"] {
+            assert_eq!(
+                SealKey::create(p, FAST).map(|_| ()),
+                Err(SealError::EmptyPassphrase)
+            );
+        }
+    }
+
+    #[test]
+    fn a_hostile_seal_record_is_refused_before_any_work() {
+        let (_, good) = SealKey::create("p", FAST).expect("create");
+        let hostile = [
+            (u32::MAX, 1, 1),
+            (4 * 1024 * 1024, 1, 1),
+            (MAX_M_KIB + 1, 1, 1),
+            (MIN_M_KIB, u32::MAX, 1),
+            (MIN_M_KIB, MAX_T + 1, 1),
+            (MIN_M_KIB, 1, u32::MAX),
+            (MIN_M_KIB, 1, 0),
+            (MIN_M_KIB, 0, 1),
+            (0, 1, 1),
+            (MAX_M_KIB, MAX_T, 1),
+        ];
+        for (m_kib, t, p) in hostile {
+            let record = SealRecord {
+                m_kib,
+                t,
+                p,
+                ..good.clone()
+            };
+            let started = std::time::Instant::now();
+            let e = SealKey::unlock("p", &record)
+                .map(|_| ())
+                .expect_err("refused");
+            assert!(matches!(e, SealError::Params(_)), "{m_kib} {t} {p}: {e}");
+            assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        }
+        let long_salt = SealRecord {
+            salt: "00".repeat(1 << 20),
+            ..good.clone()
+        };
+        assert!(matches!(
+            SealKey::unlock("p", &long_salt),
+            Err(SealError::Params(_))
+        ));
+        let short_check = SealRecord {
+            check: "00".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            SealKey::unlock("p", &short_check),
+            Err(SealError::Params(_))
+        ));
+        // The bounds themselves are accepted, and the default is inside them.
+        assert!(check_cost(Cost::default()).is_ok());
+        assert!(check_cost(Cost {
+            m_kib: MAX_M_KIB,
+            t: 4,
+            p: MAX_P
+        })
+        .is_ok());
+        assert!(SealKey::unlock("p", &good).is_ok());
+    }
 
     #[test]
     fn the_right_passphrase_opens_what_was_sealed() {

@@ -9,6 +9,10 @@
 //! With a passphrase (see [`super::seal`]) the values of `identity`, `profile`, `rooms` and
 //! `history` are sealed; `meta/seal` says how. Schema 2 added `history` and sealing; a schema-1
 //! store is migrated on open (nothing to convert: it has neither).
+//!
+//! The data directory is 0700 and every directory and file of the store (sled's files under
+//! `db/`) is 0700 or 0600, whatever the umask: set when they are created and fixed on every
+//! open and at every close (sled creates snapshot and blob files as it goes).
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +47,11 @@ pub enum StoreError {
     NoAccount(PathBuf),
     #[error("cannot create the data directory {path}: {source}")]
     CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make {path} private to this user: {source}")]
+    Permissions {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -83,10 +92,95 @@ pub struct Settings {
 }
 
 pub struct Store {
+    // Fields drop in this order: the database closes before `clean` fingerprints its files.
     db: sled::Db,
     dir: PathBuf,
     /// The passphrase key, once [`Store::unlock`] succeeded on a sealed store.
     seal: std::sync::OnceLock<super::seal::SealKey>,
+    clean: CleanClose,
+}
+
+/// Marks the store as closed cleanly when dropped after the database (see
+/// [`super::export::check_before_open`]), once the open has succeeded.
+struct CleanClose {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for CleanClose {
+    fn drop(&mut self) {
+        if self.armed {
+            super::export::mark_clean_close(&self.dir);
+        }
+    }
+}
+
+/// Mode of the data directory and of every directory of the store.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Mode of every file of the store.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) as 0700 whatever the umask, or makes an existing one
+/// 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+    builder.create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    restrict(dir, &meta)
+}
+
+/// Makes one directory 0700 or one file 0600. Changes the mode only when it differs: a chmod
+/// moves the file's ctime, which the clean-close fingerprint reads. Symlinks are left alone.
+#[cfg(unix)]
+fn restrict(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let want = if meta.is_dir() {
+        DIR_MODE
+    } else if meta.is_file() {
+        FILE_MODE
+    } else {
+        return Ok(());
+    };
+    if meta.permissions().mode() & 0o7777 == want {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _meta: &std::fs::Metadata) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn restrict_tree(path: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    restrict(path, &meta)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            restrict_tree(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the data directory 0700 and everything under its `db/` 0700 (directories) or 0600
+/// (files). Only the store is walked: a data directory that also holds other things keeps
+/// them as they are.
+pub(crate) fn restrict_store(dir: &Path) -> Result<(), StoreError> {
+    let fail = |source| StoreError::Permissions {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
+    restrict(dir, &meta).map_err(fail)?;
+    restrict_tree(&dir.join("db")).map_err(fail)
 }
 
 /// Whether another process holds the lock on the database in `db_dir`.
@@ -99,12 +193,13 @@ fn is_locked(db_dir: &Path) -> bool {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        create_private_dir(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join("db");
         super::export::recover_interrupted_swap(dir);
+        restrict_store(dir)?;
         super::export::check_before_open(dir)?;
         let db = sled::Config::new()
             .path(&path)
@@ -126,13 +221,20 @@ impl Store {
                     detail: other.to_string(),
                 },
             })?;
-        let store = Self {
+        // What sled created just now (a new store) gets its modes before anything is written.
+        restrict_store(dir)?;
+        let mut store = Self {
             db,
             dir: dir.to_path_buf(),
             seal: std::sync::OnceLock::new(),
+            clean: CleanClose {
+                dir: dir.to_path_buf(),
+                armed: false,
+            },
         };
         store.check_schema()?;
         super::export::remove_leftovers(dir);
+        store.clean.armed = true;
         // Expired history goes on every start (a sealed store: when it is unlocked).
         if !store.is_sealed()? {
             store.expire_history(crate::clock::now_ms())?;
@@ -214,6 +316,11 @@ impl Store {
             let _ = self.seal.set(key);
         }
         self.expire_history(crate::clock::now_ms()).map(|_| ())
+    }
+
+    /// Closes without marking the store clean (its database is being swapped out).
+    pub(crate) fn forget_clean_close(&mut self) {
+        self.clean.armed = false;
     }
 
     /// Installs the key of a store that was just resealed with it.

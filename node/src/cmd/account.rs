@@ -86,18 +86,22 @@ pub fn open_store(dir: &Path) -> Result<Store, Failure> {
     Ok(store)
 }
 
-/// `confab init --passphrase`: seals the new, empty store before anything is written.
-pub fn seal_new_store(store: &Store) -> Result<(), Failure> {
-    if store.is_sealed()? {
-        return Ok(());
-    }
+/// `confab init --passphrase`: the key for the new store, asked for before the store is
+/// created (so a refused passphrase leaves nothing behind) and installed by
+/// [`Store::seal_empty`] before anything is written.
+pub fn key_for_new_store() -> Result<(SealKey, seal::SealRecord), Failure> {
     let p = seal::read_new_passphrase(false).map_err(Failure::input)?;
-    if p.is_empty() {
-        return Err(Failure::input("the passphrase is empty"));
-    }
-    let (key, record) = SealKey::create(&p, Cost::default()).map_err(Failure::other)?;
-    store.seal_empty(key, &record)?;
-    Ok(())
+    new_key(&p)
+}
+
+/// A key for a new passphrase; an empty one is refused (exit code 2), everywhere one is set.
+fn new_key(passphrase: &str) -> Result<(SealKey, seal::SealRecord), Failure> {
+    SealKey::create(passphrase, Cost::default()).map_err(|e| match e {
+        seal::SealError::EmptyPassphrase => {
+            Failure::input("the passphrase is empty; choose one, or leave the account unsealed")
+        }
+        other => Failure::other(other),
+    })
 }
 
 pub fn run_account(dir: &Path, command: AccountCommand) -> Result<(), Failure> {
@@ -128,7 +132,7 @@ pub fn run_account(dir: &Path, command: AccountCommand) -> Result<(), Failure> {
             let doc = account::parse_export(&text).map_err(account_failure)?;
             let seal = if passphrase {
                 let p = seal::read_new_passphrase(false).map_err(Failure::input)?;
-                Some(SealKey::create(&p, Cost::default()).map_err(Failure::other)?)
+                Some(new_key(&p)?)
             } else {
                 None
             };
@@ -183,10 +187,7 @@ pub fn run_account(dir: &Path, command: AccountCommand) -> Result<(), Failure> {
                 Reseal::Clear
             } else {
                 let p = seal::read_new_passphrase(store.is_sealed()?).map_err(Failure::input)?;
-                if p.is_empty() {
-                    return Err(Failure::input("the passphrase is empty"));
-                }
-                let (key, record) = SealKey::create(&p, Cost::default()).map_err(Failure::other)?;
+                let (key, record) = new_key(&p)?;
                 Reseal::New(key, record)
             };
             let sealed = matches!(how, Reseal::New(..));

@@ -31,7 +31,8 @@ enum Input {
 }
 
 fn check_args(args: &CallArgs) -> Result<(Ticket, Input), Failure> {
-    let ticket = Ticket::parse(&args.ticket).map_err(|e| Failure::input(format!("{e}")))?;
+    let text = super::ticket_text(args.ticket.as_deref(), args.ticket_file.as_deref())?;
+    let ticket = Ticket::parse(&text).map_err(|e| Failure::input(format!("{e}")))?;
     if let Some(d) = args.duration {
         if !(d.is_finite() && d > 0.0 && d <= 24.0 * 3600.0) {
             return Err(Failure::input(
@@ -209,6 +210,9 @@ async fn follow(
         tokio::select! {
             ev = events.next() => {
                 let Some(ev) = ev else { break };
+                if let Some(line) = recording_notice(&ev) {
+                    eprintln!("{line}");
+                }
                 report.on_event(&ev);
                 if matches!(ev, CallEvent::Ended(_)) {
                     break;
@@ -232,6 +236,39 @@ async fn follow(
         });
     }
     Ok(report.finish())
+}
+
+/// The line printed on stderr the moment a member that records is admitted, or starts or
+/// stops recording.
+fn recording_notice(ev: &CallEvent) -> Option<String> {
+    let who = |name: &str, peer: &str| {
+        if name.is_empty() {
+            peer.to_owned()
+        } else {
+            format!("{name} ({peer})")
+        }
+    };
+    match ev {
+        CallEvent::MemberAdmitted {
+            peer,
+            name,
+            recording: true,
+            ..
+        }
+        | CallEvent::RecordingChanged {
+            peer,
+            name,
+            on: true,
+            ..
+        } => Some(format!("⚠ {} is recording this call", who(name, peer))),
+        CallEvent::RecordingChanged {
+            peer,
+            name,
+            on: false,
+            ..
+        } => Some(format!("{} stopped recording", who(name, peer))),
+        _ => None,
+    }
 }
 
 /// The history entry of a finished call: the members it admitted, and its times.
@@ -276,6 +313,42 @@ fn print_report(r: &CallReport) {
             crate::score::fmt_ms(s.mouth_to_ear_p95_ms),
             s.mos,
             if s.recording { "  (was recording)" } else { "" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::Path;
+
+    #[test]
+    fn recording_is_announced_when_it_starts_stops_or_a_recording_member_arrives() {
+        let admitted = |recording| CallEvent::MemberAdmitted {
+            at_ms: 1,
+            peer: "12D3KooWpeer".into(),
+            name: "bob".into(),
+            recording,
+            path: Path::Direct,
+        };
+        let changed = |name: &str, on| CallEvent::RecordingChanged {
+            at_ms: 2,
+            peer: "12D3KooWpeer".into(),
+            name: name.into(),
+            on,
+        };
+        assert_eq!(
+            recording_notice(&admitted(true)).as_deref(),
+            Some("⚠ bob (12D3KooWpeer) is recording this call")
+        );
+        assert_eq!(recording_notice(&admitted(false)), None);
+        assert_eq!(
+            recording_notice(&changed("bob", true)).as_deref(),
+            Some("⚠ bob (12D3KooWpeer) is recording this call")
+        );
+        assert_eq!(
+            recording_notice(&changed("", false)).as_deref(),
+            Some("12D3KooWpeer stopped recording")
         );
     }
 }

@@ -119,12 +119,18 @@ pub fn run_demo(participants: usize, seconds: f64, keep: bool) -> Result<DemoRep
         .as_str()
         .ok_or_else(|| fail("room create printed no ticket"))?
         .to_string();
+    // The participants read the ticket from a file in the (private) working directory, so
+    // the room secret is not on their command lines.
+    let ticket_file = work.path().join("ticket");
+    std::fs::write(&ticket_file, &ticket).map_err(fail)?;
 
     let started = Instant::now();
     for (i, n) in nodes.iter_mut().enumerate() {
         let log = std::fs::File::create(work.path().join(format!("node{i}.log"))).map_err(fail)?;
         let mut c = confab(&exe, &n.dir);
-        c.args(["call", &ticket, "--json", "--signal", &i.to_string()])
+        c.args(["call", "--json", "--signal", &i.to_string()])
+            .arg("--ticket-file")
+            .arg(&ticket_file)
             .args(["--duration", &seconds.to_string()])
             .arg("--output-dir")
             .arg(&n.out);

@@ -139,8 +139,17 @@ pub enum RoomCommand {
 
 #[derive(Args, Debug)]
 pub struct CallArgs {
-    /// The room ticket (`confab1…`).
-    pub ticket: String,
+    /// The room ticket (`confab1…`), or `-` to read it from stdin. A ticket given here is
+    /// visible to every local user (`ps`, `/proc/PID/cmdline`) and stays in the shell's
+    /// history: prefer `--ticket-file FILE` or `-`.
+    #[arg(
+        required_unless_present = "ticket_file",
+        conflicts_with = "ticket_file"
+    )]
+    pub ticket: Option<String>,
+    /// Read the room ticket from FILE (`-` for stdin), keeping it off the command line.
+    #[arg(long, value_name = "FILE")]
+    pub ticket_file: Option<PathBuf>,
     /// Send this WAV file (looped).
     #[arg(long, conflicts_with_all = ["tone", "signal"])]
     pub input: Option<PathBuf>,
@@ -217,6 +226,44 @@ pub fn data_dir(arg: Option<PathBuf>) -> Result<PathBuf, Failure> {
         .ok_or_else(|| Failure::other("cannot find a home directory; pass --data-dir"))
 }
 
+/// The longest ticket file or stdin line read (a ticket with many addresses is a few KiB).
+const MAX_TICKET_TEXT: u64 = 64 * 1024;
+
+/// The ticket text: the argument itself, or read from `--ticket-file FILE` / `-` (stdin,
+/// its first line). The room secret never has to be on the command line.
+pub(crate) fn ticket_text(arg: Option<&str>, file: Option<&Path>) -> Result<String, Failure> {
+    use std::io::{BufRead, Read};
+    let from_stdin = || -> Result<String, Failure> {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_TICKET_TEXT)
+            .read_line(&mut line)
+            .map_err(|e| Failure::input(format!("cannot read the ticket from stdin: {e}")))?;
+        Ok(line)
+    };
+    let text = match (arg, file) {
+        (Some("-"), _) => from_stdin()?,
+        (Some(t), _) => t.to_owned(),
+        (None, Some(p)) if p.as_os_str() == "-" => from_stdin()?,
+        (None, Some(p)) => {
+            let mut text = String::new();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_TICKET_TEXT).read_to_string(&mut text))
+                .map_err(|e| {
+                    Failure::input(format!("cannot read the ticket from {}: {e}", p.display()))
+                })?;
+            text
+        }
+        (None, None) => return Err(Failure::input("no ticket: give it, `-` or --ticket-file")),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Failure::input("the ticket is empty"));
+    }
+    Ok(text.to_owned())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -280,8 +327,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 fn init(dir: &Path, name: Option<String>, passphrase: bool) -> Result<(), Failure> {
     let fresh = !crate::account::has_store(dir);
     let store = if passphrase && fresh {
+        let (key, record) = account::key_for_new_store()?;
         let store = Store::open(dir)?;
-        account::seal_new_store(&store)?;
+        store.seal_empty(key, &record)?;
         store
     } else if passphrase {
         return Err(Failure::input(
@@ -461,7 +509,7 @@ fn room_create(
     } else {
         println!("{text}");
         eprintln!(
-            "room {} created; start it with `confab call <ticket>` (it will listen on {})",
+            "room {} created; start it with `confab call --ticket-file FILE` or `confab call -` (it will listen on {})",
             hex(&room_id),
             listen
                 .iter()
