@@ -109,6 +109,15 @@ pub struct RunOpts {
     /// New circuits per source peer per hour (0 = unlimited).
     #[arg(long)]
     pub circuits_per_peer_per_hour: Option<u32>,
+    /// Peer ids holding reservations at once from one IPv4 address or IPv6 /64 (0 = unlimited).
+    #[arg(long)]
+    pub max_reservations_per_ip: Option<usize>,
+    /// Circuits open at once from one IPv4 address or IPv6 /64 (0 = unlimited).
+    #[arg(long)]
+    pub max_circuits_per_ip: Option<usize>,
+    /// Refuse new connections above this process memory, in MiB (0 = off).
+    #[arg(long)]
+    pub max_memory_mib: Option<u64>,
 }
 
 impl RunOpts {
@@ -180,6 +189,9 @@ impl RunOpts {
             &mut l.circuits_per_peer_per_hour,
             self.circuits_per_peer_per_hour,
         );
+        set(&mut l.max_reservations_per_ip, self.max_reservations_per_ip);
+        set(&mut l.max_circuits_per_ip, self.max_circuits_per_ip);
+        set(&mut config.connections.max_memory_mib, self.max_memory_mib);
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Config {
     pub limits: Limits,
     /// Rendezvous server limits.
     pub rendezvous: RendezvousConfig,
+    /// Connection and memory limits.
+    pub connections: ConnectionsConfig,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             access: AccessConfig::default(),
             limits: Limits::default(),
             rendezvous: RendezvousConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -138,6 +141,13 @@ pub struct Limits {
     pub circuits_per_peer_per_hour: u32,
     /// New circuits per source IP per hour (0 = unlimited).
     pub circuits_per_ip_per_hour: u32,
+    /// Peer ids that may hold reservations at once from one IPv4 address or one IPv6 /64
+    /// (0 = unlimited). Peer ids are free, so this is what stops one host from taking every
+    /// reservation; it stays in the tens so that a carrier-grade NAT still works.
+    pub max_reservations_per_ip: usize,
+    /// Circuits open at once whose source is at one IPv4 address or one IPv6 /64
+    /// (0 = unlimited).
+    pub max_circuits_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -154,6 +164,8 @@ impl Default for Limits {
             reservations_per_ip_per_hour: 0,
             circuits_per_peer_per_hour: 600,
             circuits_per_ip_per_hour: 0,
+            max_reservations_per_ip: 32,
+            max_circuits_per_ip: 256,
         }
     }
 }
@@ -164,21 +176,70 @@ impl Default for Limits {
 pub struct RendezvousConfig {
     /// Longest registration lifetime a client may ask for.
     pub max_ttl_secs: u64,
+    /// Shortest registration lifetime a client may ask for.
+    pub min_ttl_secs: u64,
     /// Registrations one peer may hold (one per room it is in).
     pub max_registrations_per_peer: usize,
     /// Registrations held in total.
     pub max_registrations_total: usize,
+    /// Largest signed peer record (with its addresses) a registration may carry, in bytes.
+    pub max_record_bytes: usize,
+    /// Most registrations returned by one discover request (clients page with the cookie).
+    pub max_discover_results: usize,
 }
 
 impl Default for RendezvousConfig {
     fn default() -> Self {
         RendezvousConfig {
             max_ttl_secs: 72 * 3600,
+            min_ttl_secs: 2 * 3600,
             max_registrations_per_peer: 64,
-            max_registrations_total: 100_000,
+            max_registrations_total: 10_000,
+            max_record_bytes: 4096,
+            max_discover_results: 200,
         }
     }
 }
+
+/// `[connections]` table: limits on connections and memory. 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Established connections, all peers together.
+    pub max_established: u32,
+    /// Incoming connections still in their handshake, all together.
+    pub max_pending_incoming: u32,
+    /// Established connections of one peer id.
+    pub max_established_per_peer: u32,
+    /// Established incoming connections from one IPv4 address or one IPv6 /64. Above the
+    /// reservation limit per IP, because nodes that only open circuits also connect.
+    pub max_established_per_ip: u32,
+    /// Refuse new connections while the process uses more than this much memory (MiB).
+    pub max_memory_mib: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_established: 4096,
+            max_pending_incoming: 256,
+            max_established_per_peer: 8,
+            max_established_per_ip: 128,
+            max_memory_mib: 1024,
+        }
+    }
+}
+
+/// Longest reservation lifetime (one day): clients renew well before.
+pub const MAX_RESERVATION_DURATION_SECS: u64 = 24 * 3600;
+/// Longest circuit lifetime (seven days).
+pub const MAX_CIRCUIT_DURATION_SECS: u64 = 7 * 24 * 3600;
+/// Longest idle timeout (one day).
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Longest rendezvous TTL (seven days).
+pub const MAX_RENDEZVOUS_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Largest record cap (64 KiB; the wire message limit is set from it).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 impl Config {
     /// Parse a TOML document. Unknown fields are an error naming the field.
@@ -208,23 +269,61 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join(IDENTITY_FILE_NAME))
     }
 
-    /// Check values that the types alone do not constrain.
+    /// Check values that the types alone do not constrain. Every duration that libp2p
+    /// turns into a deadline has an upper bound here, so no value can overflow a clock.
     pub fn validate(&self) -> Result<(), Error> {
         let l = &self.limits;
-        if l.max_circuit_duration_secs == 0 || l.max_circuit_duration_secs > u64::from(u32::MAX) {
-            return Err(Error::Config(
-                "limits.max_circuit_duration_secs must be between 1 and 4294967295".into(),
-            ));
-        }
-        if l.reservation_duration_secs == 0 {
-            return Err(Error::Config(
-                "limits.reservation_duration_secs must be at least 1".into(),
-            ));
-        }
+        in_range(
+            "limits.max_circuit_duration_secs",
+            l.max_circuit_duration_secs,
+            1,
+            MAX_CIRCUIT_DURATION_SECS,
+        )?;
+        in_range(
+            "limits.reservation_duration_secs",
+            l.reservation_duration_secs,
+            1,
+            MAX_RESERVATION_DURATION_SECS,
+        )?;
+        in_range(
+            "idle_connection_timeout_secs",
+            self.idle_connection_timeout_secs,
+            1,
+            MAX_IDLE_TIMEOUT_SECS,
+        )?;
         if l.max_circuits_per_peer == 0 || l.max_reservations_per_peer == 0 {
             return Err(Error::Config(
                 "limits.max_circuits_per_peer and limits.max_reservations_per_peer must be at least 1"
                     .into(),
+            ));
+        }
+        let rv = &self.rendezvous;
+        in_range(
+            "rendezvous.max_ttl_secs",
+            rv.max_ttl_secs,
+            1,
+            MAX_RENDEZVOUS_TTL_SECS,
+        )?;
+        in_range(
+            "rendezvous.min_ttl_secs",
+            rv.min_ttl_secs,
+            1,
+            rv.max_ttl_secs,
+        )?;
+        in_range(
+            "rendezvous.max_record_bytes",
+            rv.max_record_bytes as u64,
+            256,
+            MAX_RECORD_BYTES as u64,
+        )?;
+        if rv.max_discover_results == 0 {
+            return Err(Error::Config(
+                "rendezvous.max_discover_results must be at least 1".into(),
+            ));
+        }
+        if self.connections.max_memory_mib > 1 << 30 {
+            return Err(Error::Config(
+                "connections.max_memory_mib must be at most 1073741824 (0 turns it off)".into(),
             ));
         }
         if self.listen.is_empty() {
@@ -239,6 +338,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{field} must be between {min} and {max}, not {value}"
+        )))
     }
 }
 
@@ -315,5 +424,124 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("/ip4/nope"), "{err}");
+    }
+
+    #[test]
+    fn reservation_duration_above_the_bound_is_an_error() {
+        let text = format!(
+            "[limits]\nreservation_duration_secs = {}\n",
+            MAX_RESERVATION_DURATION_SECS + 1
+        );
+        let err = Config::from_toml_str(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("limits.reservation_duration_secs"), "{err}");
+        let huge = format!("[limits]\nreservation_duration_secs = {}\n", i64::MAX);
+        assert!(Config::from_toml_str(&huge).is_err());
+        let ok = format!("[limits]\nreservation_duration_secs = {MAX_RESERVATION_DURATION_SECS}\n");
+        assert!(Config::from_toml_str(&ok).is_ok());
+    }
+
+    #[test]
+    fn other_durations_are_bounded() {
+        for text in [
+            "idle_connection_timeout_secs = 9223372036854775807\n",
+            "[limits]\nmax_circuit_duration_secs = 4294967295\n",
+            "[rendezvous]\nmax_ttl_secs = 9223372036854775807\n",
+            "[rendezvous]\nmin_ttl_secs = 0\n",
+            "[rendezvous]\nmax_record_bytes = 10000000\n",
+        ] {
+            assert!(Config::from_toml_str(text).is_err(), "{text}");
+        }
+    }
+
+    mod decoder {
+        use proptest::prelude::*;
+
+        use super::super::Config;
+
+        /// TOML-like text: keys and values from the config and arbitrary tokens.
+        fn tomlish() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                Just("[limits]\n".to_owned()),
+                Just("[rendezvous]\n".to_owned()),
+                Just("[connections]\n".to_owned()),
+                Just("[access]\n".to_owned()),
+                Just("reservation_duration_secs = ".to_owned()),
+                Just("max_circuit_duration_secs = ".to_owned()),
+                Just("idle_connection_timeout_secs = ".to_owned()),
+                Just("max_ttl_secs = ".to_owned()),
+                Just("max_memory_mib = ".to_owned()),
+                Just("listen = ".to_owned()),
+                Just("allowlist = ".to_owned()),
+                Just("mode = ".to_owned()),
+                Just("metrics = ".to_owned()),
+                Just("\n".to_owned()),
+                any::<i64>().prop_map(|n| format!("{n}\n")),
+                any::<u64>().prop_map(|n| format!("{n}\n")),
+                "\"[ -~]{0,40}\"".prop_map(|s| s),
+                "\\[\"/ip[46]/[0-9a-z:./]{0,30}\"\\]".prop_map(|s| s),
+                "[ -~\n]{0,20}".prop_map(|s| s),
+            ];
+            proptest::collection::vec(token, 0..24).prop_map(|v| v.concat())
+        }
+
+        fn check(text: &str) {
+            // Must return, never panic; a config it accepts is valid and usable.
+            if let Ok(c) = Config::from_toml_str(text) {
+                assert!(c.validate().is_ok());
+                assert!(
+                    c.limits.reservation_duration_secs
+                        <= super::super::MAX_RESERVATION_DURATION_SECS
+                );
+                let _ = std::time::Instant::now()
+                    + std::time::Duration::from_secs(c.limits.reservation_duration_secs)
+                    + std::time::Duration::from_secs(c.limits.max_circuit_duration_secs)
+                    + std::time::Duration::from_secs(c.rendezvous.max_ttl_secs)
+                    + std::time::Duration::from_secs(c.idle_connection_timeout_secs);
+            }
+        }
+
+        /// Cases for the long run: `CONFAB_CONFIG_FUZZ_CASES`, or 100 000.
+        fn long_cases() -> u32 {
+            std::env::var("CONFAB_CONFIG_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                check(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn tomlish_text_never_panics(text in tomlish()) {
+                check(&text);
+            }
+        }
+
+        #[test]
+        #[ignore = "long run: cargo test --release -p confab-relay -- --ignored config_decoder_long_run"]
+        fn config_decoder_long_run() {
+            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+                cases: long_cases(),
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            });
+            let strategy = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..1024)
+                    .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                tomlish(),
+            ];
+            let result = runner.run(&strategy, |text| {
+                check(&text);
+                Ok(())
+            });
+            assert!(result.is_ok(), "{result:?}");
+        }
     }
 }

@@ -9,11 +9,18 @@
 //! circuits *to* it are refused by the relay with `NO_RESERVATION`.
 //!
 //! Identify, ping, AutoNAT and rendezvous stay available to every peer.
+//!
+//! The gate also enforces the limits per source address ([`crate::iplimit`]): incoming
+//! connections per IP are refused here, and reservations and circuits per IP through the
+//! relay's rate-limiter hook ([`Gate::reservation_limiter`], [`Gate::circuit_limiter`]),
+//! which answers `RESOURCE_LIMIT_EXCEEDED`; the gate recognises those refusals in the
+//! relay's events and reports them as [`RefusalReason::PerIpLimit`].
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     convert::Infallible,
     io,
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,6 +39,8 @@ use libp2p::{
     },
     Multiaddr, PeerId, Stream,
 };
+
+use crate::iplimit::{IpKey, IpLedger, IpLimits};
 
 /// Who may use the relay.
 #[derive(Debug, Clone)]
@@ -63,37 +72,153 @@ pub enum RefusedRequest {
     Malformed,
 }
 
+/// Why the gate refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The peer is not on the allowlist.
+    NotAllowed,
+    /// Its IP address (IPv6: its /64) already holds as many as the per-IP limit allows.
+    PerIpLimit,
+}
+
+impl RefusalReason {
+    /// The metrics label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::NotAllowed => "not_allowed",
+            RefusalReason::PerIpLimit => "per_ip_limit",
+        }
+    }
+}
+
 /// Events of the [`Gate`].
 #[derive(Debug)]
 pub enum GateEvent {
     /// An event of the wrapped relay behaviour.
     Relay(relay::Event),
-    /// A request from a peer outside the allowlist was refused.
+    /// A request was refused by the gate.
     Refused {
         /// The refused peer.
         peer: PeerId,
         /// What it asked for.
         request: RefusedRequest,
+        /// Why.
+        reason: RefusalReason,
     },
 }
 
-/// The relay behaviour behind an access policy.
+/// An incoming connection refused because its IP already has as many as allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("too many connections from one IP address")]
+pub struct PerIpConnectionLimit;
+
+/// Shared per-IP counts (the relay's rate-limiter hook and the gate both use them).
+pub type SharedLedger = Arc<Mutex<IpLedger>>;
+
+fn lock(ledger: &SharedLedger) -> MutexGuard<'_, IpLedger> {
+    ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The relay behaviour behind an access policy and per-IP limits.
 pub struct Gate {
     inner: relay::Behaviour,
     policy: Policy,
+    ledger: SharedLedger,
+    connection_keys: HashMap<ConnectionId, IpKey>,
     denied_connections: HashSet<ConnectionId>,
     events: VecDeque<GateEvent>,
 }
 
+/// A new per-IP ledger with `limits`.
+pub fn ledger(limits: IpLimits) -> SharedLedger {
+    Arc::new(Mutex::new(IpLedger::new(limits)))
+}
+
 impl Gate {
-    /// Wrap `inner` with `policy`.
-    pub fn new(inner: relay::Behaviour, policy: Policy) -> Self {
+    /// Wrap `inner` with `policy`. `ledger` must be the one whose
+    /// [`Gate::reservation_limiter`] and [`Gate::circuit_limiter`] went into `inner`'s config.
+    pub fn new(inner: relay::Behaviour, policy: Policy, ledger: SharedLedger) -> Self {
         Gate {
             inner,
             policy,
+            ledger,
+            connection_keys: HashMap::new(),
             denied_connections: HashSet::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// The relay rate limiter that enforces reservations per IP. It must come last in
+    /// `reservation_rate_limiters`, so that it only counts requests that are accepted.
+    pub fn reservation_limiter(ledger: &SharedLedger) -> Box<dyn relay::RateLimiter> {
+        let ledger = ledger.clone();
+        Box::new(move |peer: PeerId, addr: &Multiaddr, _now| lock(&ledger).try_reserve(peer, addr))
+    }
+
+    /// The relay rate limiter that enforces circuits per source IP; last in
+    /// `circuit_src_rate_limiters`.
+    pub fn circuit_limiter(ledger: &SharedLedger) -> Box<dyn relay::RateLimiter> {
+        let ledger = ledger.clone();
+        Box::new(move |peer: PeerId, addr: &Multiaddr, _now| lock(&ledger).try_circuit(peer, addr))
+    }
+
+    /// Update the ledger from a relay event; `Some` when the event is a per-IP refusal.
+    #[allow(deprecated)]
+    fn account(&mut self, event: &relay::Event) -> Option<GateEvent> {
+        let mut l = lock(&self.ledger);
+        match event {
+            relay::Event::ReservationReqDenied {
+                src_peer_id,
+                status: relay::StatusCode::ResourceLimitExceeded,
+            } if l.take_reservation_denial(src_peer_id) => {
+                return Some(GateEvent::Refused {
+                    peer: *src_peer_id,
+                    request: RefusedRequest::Reservation,
+                    reason: RefusalReason::PerIpLimit,
+                });
+            }
+            relay::Event::ReservationTimedOut { src_peer_id }
+            | relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationReqAcceptFailed { src_peer_id, .. } => {
+                l.reservation_ended(src_peer_id);
+            }
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                status: relay::StatusCode::ResourceLimitExceeded,
+                ..
+            } if l.take_circuit_denial(src_peer_id) => {
+                return Some(GateEvent::Refused {
+                    peer: *src_peer_id,
+                    request: RefusedRequest::Circuit,
+                    reason: RefusalReason::PerIpLimit,
+                });
+            }
+            // Refused by another limit before the per-IP check: nothing was counted.
+            relay::Event::CircuitReqDenied {
+                status: relay::StatusCode::ResourceLimitExceeded,
+                ..
+            } => {}
+            relay::Event::CircuitReqDenyFailed { src_peer_id, .. }
+                if l.take_circuit_denial(src_peer_id) => {}
+            relay::Event::CircuitReqDenied { src_peer_id, .. }
+            | relay::Event::CircuitReqDenyFailed { src_peer_id, .. }
+            | relay::Event::CircuitReqAcceptFailed { src_peer_id, .. } => {
+                l.circuit_failed(src_peer_id);
+            }
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => l.circuit_accepted(*src_peer_id, *dst_peer_id),
+            relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => l.circuit_closed(*src_peer_id, *dst_peer_id),
+            _ => {}
+        }
+        None
     }
 }
 
@@ -120,14 +245,28 @@ impl NetworkBehaviour for Gate {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if self.policy.allows(&peer) {
+        let key = IpKey::of_multiaddr(remote_addr);
+        if let Some(key) = key {
+            if !lock(&self.ledger).try_connection(key) {
+                return Err(ConnectionDenied::new(PerIpConnectionLimit));
+            }
+        }
+        let handler = if self.policy.allows(&peer) {
             self.inner
                 .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
                 .map(Either::Left)
         } else {
             self.denied_connections.insert(connection_id);
             Ok(Either::Right(DenyHandler::default()))
+        };
+        if let Some(key) = key {
+            if handler.is_ok() {
+                self.connection_keys.insert(connection_id, key);
+            } else {
+                lock(&self.ledger).connection_closed(key);
+            }
         }
+        handler
     }
 
     fn handle_pending_outbound_connection(
@@ -172,6 +311,13 @@ impl NetworkBehaviour for Gate {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(closed) = &event {
             self.denied_connections.remove(&closed.connection_id);
+            let mut l = lock(&self.ledger);
+            if let Some(key) = self.connection_keys.remove(&closed.connection_id) {
+                l.connection_closed(key);
+            }
+            if closed.remaining_established == 0 {
+                l.peer_gone(&closed.peer_id);
+            }
         }
         self.inner.on_swarm_event(event);
     }
@@ -186,7 +332,11 @@ impl NetworkBehaviour for Gate {
             Either::Left(ev) => self
                 .inner
                 .on_connection_handler_event(peer, connection_id, ev),
-            Either::Right(request) => self.events.push_back(GateEvent::Refused { peer, request }),
+            Either::Right(request) => self.events.push_back(GateEvent::Refused {
+                peer,
+                request,
+                reason: RefusalReason::NotAllowed,
+            }),
         }
     }
 
@@ -204,6 +354,10 @@ impl NetworkBehaviour for Gate {
                     // The relay tells every connection about status changes; connections
                     // of refused peers run the deny handler and need not know.
                     continue;
+                }
+                Poll::Ready(ToSwarm::GenerateEvent(ev)) => {
+                    let out = self.account(&ev).unwrap_or(GateEvent::Relay(ev));
+                    return Poll::Ready(ToSwarm::GenerateEvent(out));
                 }
                 Poll::Ready(action) => {
                     return Poll::Ready(action.map_out(GateEvent::Relay).map_in(Either::Left));

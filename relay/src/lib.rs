@@ -13,7 +13,9 @@ pub mod client;
 pub mod config;
 pub mod gate;
 pub mod identity;
+pub mod iplimit;
 pub mod metrics;
+pub mod rendezvous;
 mod server;
 
 use std::{net::SocketAddr, path::PathBuf};

@@ -21,6 +21,15 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label set `request="...",reason="..."`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestReasonLabel {
+    /// What was asked.
+    pub request: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
 /// The relay's own metrics.
 #[derive(Clone, Default)]
 pub struct RelayMetrics {
@@ -44,6 +53,10 @@ pub struct RelayMetrics {
     pub rendezvous_registrations: Counter,
     /// Rendezvous discover requests served.
     pub rendezvous_discoveries: Counter,
+    /// Rendezvous requests refused, by request and reason.
+    pub rendezvous_refused: Family<RequestReasonLabel, Counter>,
+    /// Incoming connections refused, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl RelayMetrics {
@@ -97,7 +110,36 @@ impl RelayMetrics {
             "Rendezvous discover requests served",
             m.rendezvous_discoveries.clone(),
         );
+        r.register(
+            "rendezvous_refused",
+            "Rendezvous requests refused, by request and reason",
+            m.rendezvous_refused.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Incoming connections refused, by reason",
+            m.connections_refused.clone(),
+        );
         m
+    }
+
+    /// Count a refused rendezvous request.
+    pub fn rendezvous_refused(&self, request: &str, reason: &str) {
+        self.rendezvous_refused
+            .get_or_create(&RequestReasonLabel {
+                request: request.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a refused incoming connection.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Count a refused reservation.

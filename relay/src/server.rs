@@ -10,14 +10,15 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
-    autonat,
+    autonat, connection_limits,
     core::transport::ListenerId,
     identify,
     identity::Keypair,
+    memory_connection_limits,
     metrics::{Metrics as Libp2pMetrics, Recorder},
     multiaddr::Protocol,
-    noise, ping, relay, rendezvous,
-    swarm::{NetworkBehaviour, SwarmEvent},
+    noise, ping, relay,
+    swarm::{behaviour::toggle::Toggle, ListenError, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
 };
 use prometheus_client::registry::Registry;
@@ -26,9 +27,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::AccessMode,
-    gate::{Gate, GateEvent, Policy, RefusedRequest},
+    gate::{Gate, GateEvent, PerIpConnectionLimit, Policy, RefusedRequest, SharedLedger},
+    iplimit::IpLimits,
     metrics::RelayMetrics,
-    Config, Error,
+    rendezvous, Config, Error,
 };
 
 /// Protocol version announced by identify.
@@ -38,13 +40,17 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+// Order matters: the limits come first, so that a connection they refuse never reaches
+// the gate's per-IP count.
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
+    memory: Toggle<memory_connection_limits::Behaviour>,
     relay: Gate,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: autonat::v2::server::Behaviour,
-    rendezvous: rendezvous::server::Behaviour,
+    rendezvous: rendezvous::Behaviour,
 }
 
 /// Counts reported when the relay stops.
@@ -115,7 +121,7 @@ impl Drop for RelayHandle {
     }
 }
 
-fn relay_config(config: &Config) -> Result<relay::Config, Error> {
+fn relay_config(config: &Config, ledger: &SharedLedger) -> relay::Config {
     let l = &config.limits;
     let mut rc = relay::Config {
         max_reservations: l.max_reservations,
@@ -146,7 +152,56 @@ fn relay_config(config: &Config) -> Result<relay::Config, Error> {
     if let Some((n, i)) = per_hour(l.circuits_per_ip_per_hour) {
         rc = rc.circuit_src_per_ip(n, i);
     }
-    Ok(rc)
+    // Last, so that they count only requests that every other limit let through.
+    rc.reservation_rate_limiters
+        .push(Gate::reservation_limiter(ledger));
+    rc.circuit_src_rate_limiters
+        .push(Gate::circuit_limiter(ledger));
+    rc
+}
+
+fn limit(n: u32) -> Option<u32> {
+    (n > 0).then_some(n)
+}
+
+fn connection_limits_of(config: &Config) -> connection_limits::Behaviour {
+    let c = &config.connections;
+    connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(limit(c.max_established))
+            .with_max_pending_incoming(limit(c.max_pending_incoming))
+            .with_max_established_per_peer(limit(c.max_established_per_peer)),
+    )
+}
+
+fn memory_limits(config: &Config) -> Toggle<memory_connection_limits::Behaviour> {
+    let mib = config.connections.max_memory_mib;
+    Toggle::from((mib > 0).then(|| {
+        let bytes = usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        memory_connection_limits::Behaviour::with_max_bytes(bytes)
+    }))
+}
+
+/// The metrics name of a refused incoming connection.
+fn connection_refusal(error: &ListenError) -> Option<&'static str> {
+    let ListenError::Denied { cause } = error else {
+        return None;
+    };
+    if cause.downcast_ref::<PerIpConnectionLimit>().is_some() {
+        Some("per_ip_limit")
+    } else if cause
+        .downcast_ref::<memory_connection_limits::MemoryUsageLimitExceeded>()
+        .is_some()
+    {
+        Some("memory_limit")
+    } else if cause
+        .downcast_ref::<connection_limits::Exceeded>()
+        .is_some()
+    {
+        Some("connection_limit")
+    } else {
+        Some("denied")
+    }
 }
 
 fn build_swarm(
@@ -160,12 +215,14 @@ fn build_swarm(
             Policy::Allowlist(config.access.allowlist.iter().copied().collect())
         }
     };
-    let relay_cfg = relay_config(config)?;
-    let rv = &config.rendezvous;
-    let rendezvous_cfg = rendezvous::server::Config::default()
-        .with_max_ttl(rv.max_ttl_secs)
-        .with_max_registration_per_peer(rv.max_registrations_per_peer)
-        .with_max_registration_total(rv.max_registrations_total);
+    let l = &config.limits;
+    let ledger = crate::gate::ledger(IpLimits {
+        reservations: l.max_reservations_per_ip,
+        circuits: l.max_circuits_per_ip,
+        connections: config.connections.max_established_per_ip as usize,
+    });
+    let relay_cfg = relay_config(config, &ledger);
+    let rendezvous_cfg = config.rendezvous.clone();
     let idle = Duration::from_secs(config.idle_connection_timeout_secs);
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -178,9 +235,12 @@ fn build_swarm(
         .with_quic()
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| Behaviour {
+            limits: connection_limits_of(config),
+            memory: memory_limits(config),
             relay: Gate::new(
                 relay::Behaviour::new(key.public().to_peer_id(), relay_cfg),
                 policy,
+                ledger,
             ),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
@@ -188,7 +248,7 @@ fn build_swarm(
             ),
             ping: ping::Behaviour::new(ping::Config::new()),
             autonat: autonat::v2::server::Behaviour::default(),
-            rendezvous: rendezvous::server::Behaviour::new(rendezvous_cfg),
+            rendezvous: rendezvous::Behaviour::new(rendezvous_cfg),
         })
         .map_err(|e| Error::Libp2p(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -362,6 +422,9 @@ impl EventLoop {
                 debug!(peer = %ev.client, ok = ev.result.is_ok(), "autonat dial-back test served");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(ev)) => self.on_rendezvous(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(v) | BehaviourEvent::Memory(v)) => {
+                match v {}
+            }
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -434,10 +497,13 @@ impl EventLoop {
                 send_back_addr,
                 ..
             } => {
+                if let Some(reason) = connection_refusal(&error) {
+                    self.relay_metrics.connection_refused(reason);
+                }
                 if self.log_ips() {
                     debug!(remote = %send_back_addr, %error, "incoming connection failed");
                 } else {
-                    debug!("incoming connection failed");
+                    debug!(error = %ErrorKindOnly(&error), "incoming connection failed");
                 }
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
@@ -496,16 +562,22 @@ impl EventLoop {
     fn on_relay(&mut self, event: GateEvent) {
         let m = &self.relay_metrics;
         match event {
-            GateEvent::Refused { peer, request } => match request {
+            GateEvent::Refused {
+                peer,
+                request,
+                reason,
+            } => match request {
                 RefusedRequest::Reservation => {
-                    m.reservation_refused("not_allowed");
+                    let reason = reason.as_str();
+                    m.reservation_refused(reason);
                     self.summary.reservations_refused += 1;
-                    info!(%peer, reason = "not_allowed", "reservation refused");
+                    info!(%peer, reason, "reservation refused");
                 }
                 RefusedRequest::Circuit => {
-                    m.circuit_refused("not_allowed");
+                    let reason = reason.as_str();
+                    m.circuit_refused(reason);
                     self.summary.circuits_refused += 1;
-                    info!(src = %peer, reason = "not_allowed", "circuit refused");
+                    debug!(src = %peer, reason, "circuit refused");
                 }
                 RefusedRequest::Malformed => {
                     debug!(%peer, "malformed hop request from a peer not on the allowlist");
@@ -551,7 +623,7 @@ impl EventLoop {
                         m.circuits_accepted.inc();
                         m.circuits.inc();
                         self.summary.circuits_accepted += 1;
-                        info!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
+                        debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
                     }
                     relay::Event::CircuitReqDenied {
                         src_peer_id,
@@ -561,7 +633,7 @@ impl EventLoop {
                         let reason = status_reason(&status);
                         m.circuit_refused(reason);
                         self.summary.circuits_refused += 1;
-                        info!(src = %src_peer_id, dst = %dst_peer_id, reason, "circuit refused");
+                        debug!(src = %src_peer_id, dst = %dst_peer_id, reason, "circuit refused");
                     }
                     relay::Event::CircuitClosed {
                         src_peer_id,
@@ -570,7 +642,7 @@ impl EventLoop {
                     } => {
                         m.circuits.dec();
                         m.circuits_closed.inc();
-                        info!(
+                        debug!(
                             src = %src_peer_id,
                             dst = %dst_peer_id,
                             error = ?error.map(|e| e.kind()),
@@ -586,24 +658,44 @@ impl EventLoop {
         }
     }
 
-    fn on_rendezvous(&mut self, event: rendezvous::server::Event) {
+    fn on_rendezvous(&mut self, event: rendezvous::Event) {
+        let m = &self.relay_metrics;
         match event {
-            rendezvous::server::Event::PeerRegistered { peer, registration } => {
-                self.relay_metrics.rendezvous_registrations.inc();
-                debug!(%peer, ttl = registration.ttl, "rendezvous registration");
+            rendezvous::Event::Registered { peer, ttl } => {
+                m.rendezvous_registrations.inc();
+                debug!(%peer, ttl, "rendezvous registration");
             }
-            rendezvous::server::Event::DiscoverServed {
-                enquirer,
-                registrations,
+            rendezvous::Event::Discovered { peer, found } => {
+                m.rendezvous_discoveries.inc();
+                debug!(%peer, found, "rendezvous discover served");
+            }
+            rendezvous::Event::Unregistered { peer } => {
+                debug!(%peer, "rendezvous unregistration");
+            }
+            rendezvous::Event::Refused {
+                peer,
+                request,
+                reason,
             } => {
-                self.relay_metrics.rendezvous_discoveries.inc();
-                debug!(peer = %enquirer, found = registrations.len(), "rendezvous discover served");
+                m.rendezvous_refused(request, reason);
+                debug!(%peer, request, reason, "rendezvous request refused");
             }
-            rendezvous::server::Event::PeerNotRegistered { peer, error, .. } => {
-                debug!(%peer, ?error, "rendezvous registration refused");
-            }
-            _ => {}
         }
+    }
+}
+
+/// A listen error shown without the addresses that some of its variants carry.
+struct ErrorKindOnly<'a>(&'a ListenError);
+
+impl std::fmt::Display for ErrorKindOnly<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            ListenError::Aborted => "aborted",
+            ListenError::WrongPeerId { .. } => "wrong peer id",
+            ListenError::LocalPeerId { .. } => "local peer id",
+            ListenError::Denied { .. } => "denied",
+            ListenError::Transport(_) => "transport error",
+        })
     }
 }
 
