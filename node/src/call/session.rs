@@ -416,7 +416,12 @@ impl Session {
             ctx.path.migrating = true;
         }
         if let Err(e) = self.room.connect(now.ms, peer.to_bytes(), initiator) {
-            warn!(%peer, error = %e, "cannot start a session");
+            // Refused (too many handshakes at once, or ourselves): the stream goes.
+            debug!(%peer, error = %e, "cannot start a session");
+            ctx.room_stream = None;
+            if !ctx.member {
+                net.admit_media(peer, false);
+            }
         }
     }
 

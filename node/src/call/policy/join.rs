@@ -27,6 +27,9 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
 pub const CIRCUIT_FALLBACK: Duration = Duration::from_secs(1);
 /// A joiner whose relays all failed may still get in directly: it gets this much longer.
 pub const RELAY_FAILURE_GRACE: Duration = Duration::from_secs(3);
+/// Most peers named only by rosters (not yet admitted) redialed at once: a member's gossip
+/// cannot make us dial an unbounded set of addresses.
+pub const MAX_ROSTER_REDIALS: usize = 16;
 /// Circuit refusals of every bootstrap member after which joining is given up (a member
 /// without a reservation may still be reserving, so that refusal needs more).
 const CIRCUIT_REFUSALS: u32 = 2;
@@ -74,6 +77,9 @@ pub struct JoinPolicy {
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// Members to redial, until when.
     lost: HashMap<PeerId, Instant>,
+    /// Peers whose addresses came from their own Hello (authenticated by their session):
+    /// gossip about them never replaces those.
+    from_hello: std::collections::HashSet<PeerId>,
     /// When each member was first dialed (circuits wait for [`CIRCUIT_FALLBACK`]).
     first_dial: HashMap<PeerId, Instant>,
     /// Circuit dials to bootstrap members refused by a relay: count and the last reason.
@@ -104,6 +110,7 @@ impl JoinPolicy {
             addrs: bootstrap.clone().into_iter().collect(),
             bootstrap,
             lost: HashMap::new(),
+            from_hello: std::collections::HashSet::new(),
             first_dial: HashMap::new(),
             circuit_refusals: HashMap::new(),
             last_dial: None,
@@ -295,6 +302,7 @@ impl JoinPolicy {
         let addrs = usable(addrs, self.relay_only);
         if !addrs.is_empty() {
             self.addrs.insert(peer, addrs);
+            self.from_hello.insert(peer);
         }
     }
 
@@ -314,9 +322,22 @@ impl JoinPolicy {
         addrs: Vec<Multiaddr>,
         now: Instant,
     ) -> Option<JoinAction> {
+        // Gossip is a member's word, not the peer's: it never replaces addresses the peer
+        // gave in its own Hello, and at most MAX_ROSTER_REDIALS gossiped peers are redialed.
+        if self.from_hello.contains(&peer) {
+            let known = self.addrs.get(&peer).cloned().unwrap_or_default();
+            return self.plan_dial(peer, known, now);
+        }
         let addrs = usable(addrs, self.relay_only);
         self.addrs.insert(peer, addrs.clone());
-        self.lost.entry(peer).or_insert(now + RECONNECT_FOR);
+        let gossiped = self
+            .lost
+            .keys()
+            .filter(|p| !self.from_hello.contains(p))
+            .count();
+        if gossiped < MAX_ROSTER_REDIALS {
+            self.lost.entry(peer).or_insert(now + RECONNECT_FOR);
+        }
         self.plan_dial(peer, addrs, now)
     }
 

@@ -342,3 +342,28 @@ fn a_broken_stream_on_a_moving_path_is_judged_later() {
     assert!(!s.on_room_stream_closed(false, true, t0));
     assert!(!s.on_room_stream_closed(true, false, t0));
 }
+
+#[test]
+fn gossip_never_replaces_a_members_own_addresses_and_redials_are_bounded() {
+    let t0 = Instant::now();
+    let host = PeerId::random();
+    let mut p = joiner(t0, host, vec![direct()]);
+    let real: Multiaddr = "/ip4/127.0.0.1/tcp/5000".parse().unwrap();
+    let fake: Multiaddr = "/ip4/10.0.0.1/tcp/22".parse().unwrap();
+    let member = PeerId::random();
+    p.on_admitted(member, vec![real.clone()]);
+    p.on_left(member, true, true, t0);
+    match p.on_roster_member(member, vec![fake], t0) {
+        Some(JoinAction::Dial { direct, .. }) => assert_eq!(direct, vec![real]),
+        other => panic!("{other:?}"),
+    }
+    // A roster naming a hundred strangers: all dialed once, at most 16 redialed.
+    p.on_admitted(host, vec![]);
+    for _ in 0..100 {
+        assert!(p
+            .on_roster_member(PeerId::random(), vec![direct()], t0)
+            .is_some());
+    }
+    let redials = dials(&poll(&mut p, t0 + ms(1000), &Net::new()));
+    assert_eq!(redials.len(), 1 + super::join::MAX_ROSTER_REDIALS);
+}
