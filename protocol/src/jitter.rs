@@ -13,8 +13,12 @@
 //!   path), and a *jitter sample* is `transit - baseline`. A constant clock offset shifts
 //!   every transit and the baseline alike, so it cancels out of every playout decision.
 //! * **Target delay.** `target = clamp(percentile(jitter samples) + margin, min_delay,
-//!   max_delay)` with the configured percentile (nearest rank) and `margin = frame_ms / 4`.
-//!   It is recomputed on every arrival (late arrivals included, so lateness grows it).
+//!   max_delay)` with the configured percentile and `margin = frame_ms / 4`. The percentile
+//!   is weighted: a sample `k` arrivals old weighs `FORGET^k` (half-life about 46
+//!   arrivals), so a burst — a start-up CPU spike, a moment of congestion — stops holding
+//!   the target up a second or two after it ended rather than for the whole window, as
+//!   NetEq's forgetting histogram does. It is recomputed on every arrival (late arrivals
+//!   included, so lateness grows it at once).
 //! * **Playout timeline.** Slot `seq` is due at
 //!   `deadline(seq) = capture(seq) + offset`, where `capture(seq)` is extrapolated from an
 //!   anchor frame (`anchor_capture + (seq - anchor_seq) * frame_ms`, so missing frames still
@@ -24,7 +28,8 @@
 //! * **Smooth adaptation.** The offset only moves when a slot is consumed: it grows by at most
 //!   `frame_ms` per slot (a stretch: the gap between two deadlines becomes up to one frame
 //!   longer, which the caller's audio path fills like an underrun), and shrinks by at most
-//!   `frame_ms` per second of playout (`frame_ms²` µs of credit per slot). The playout point
+//!   `SHRINK_SPEED` frames per second of playout (`SHRINK_SPEED · frame_ms²` µs of credit
+//!   per slot, one frame at a time at most). The playout point
 //!   (`next_seq`) only ever moves forward, so nothing is ever replayed. On a resync (below)
 //!   the offset jumps straight to `baseline + target`: that happens between talk spurts.
 //! * **Slots.** When `deadline(next_seq) <= now`, [`JitterBuffer::poll_playout`] plays the
@@ -57,6 +62,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::stats::StreamStats;
 
+/// Weight per arrival of age of a transit sample in the target's percentile (half-life of
+/// about 46 arrivals, a second at 20 ms frames).
+pub const FORGET: f64 = 0.985;
+/// How many frames per second of playout the offset may shrink by: a delay that a burst
+/// built up is given back within a second or two, never more than one frame at a time.
+pub const SHRINK_SPEED: u64 = 4;
 /// Upper bound applied to [`JitterConfig::window`].
 pub const MAX_WINDOW: usize = 10_000;
 /// Upper bound applied to [`JitterConfig::capacity`].
@@ -169,7 +180,9 @@ pub struct JitterBuffer {
     shrink_credit_us: u64,
     frames: BTreeMap<u64, Buffered>,
     transits: VecDeque<i64>,
-    scratch: Vec<i64>,
+    /// Transits with their weights, for the percentile (kept to avoid an allocation per
+    /// arrival).
+    weighted: Vec<(i64, f64)>,
     target_ms: u32,
     last_transit: Option<i64>,
     history: VecDeque<Slot>,
@@ -201,7 +214,7 @@ impl JitterBuffer {
             shrink_credit_us: 0,
             frames: BTreeMap::new(),
             transits: VecDeque::with_capacity(cfg.window),
-            scratch: Vec::with_capacity(cfg.window),
+            weighted: Vec::with_capacity(cfg.window),
             last_transit: None,
             history: VecDeque::with_capacity(history_cap),
             history_cap,
@@ -355,19 +368,36 @@ impl JitterBuffer {
         self.transits.iter().copied().min()
     }
 
+    /// The target covers the configured percentile of recent jitter, where "recent" fades:
+    /// sample `k` arrivals old weighs [`FORGET`]`^k`, so a burst (a start-up CPU spike, a
+    /// brief congestion) stops holding the target up about two seconds after it ended,
+    /// instead of for the whole window.
     fn recompute_target(&mut self) {
         let Some(base) = self.baseline() else {
             return;
         };
-        self.scratch.clear();
-        self.scratch.extend(self.transits.iter().copied());
-        let n = self.scratch.len();
-        if n == 0 {
+        self.weighted.clear();
+        let mut w = 1.0;
+        for t in self.transits.iter().rev() {
+            self.weighted.push((*t, w));
+            w *= FORGET;
+        }
+        if self.weighted.is_empty() {
             return;
         }
-        let rank = ((self.cfg.percentile * n as f64).ceil() as usize).clamp(1, n);
-        let (_, value, _) = self.scratch.select_nth_unstable(rank - 1);
-        let jitter = i128::from(*value) - i128::from(base);
+        let total: f64 = self.weighted.iter().map(|(_, w)| w).sum();
+        self.weighted.sort_unstable_by_key(|(t, _)| *t);
+        let want = self.cfg.percentile * total;
+        let mut acc = 0.0;
+        let mut value = self.weighted[self.weighted.len() - 1].0;
+        for (t, w) in &self.weighted {
+            acc += w;
+            if acc >= want {
+                value = *t;
+                break;
+            }
+        }
+        let jitter = i128::from(value) - i128::from(base);
         let margin = i128::from(self.cfg.frame_ms / 4);
         let target = (jitter + margin).clamp(
             i128::from(self.cfg.min_delay_ms),
@@ -446,7 +476,7 @@ impl JitterBuffer {
         let frame = u64::from(self.cfg.frame_ms);
         self.shrink_credit_us = self
             .shrink_credit_us
-            .saturating_add(frame.saturating_mul(frame))
+            .saturating_add(frame.saturating_mul(frame).saturating_mul(SHRINK_SPEED))
             .min(frame.saturating_mul(1000));
         let desired = i128::from(base) + i128::from(self.target_ms);
         if desired > self.offset_ms {
