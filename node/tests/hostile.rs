@@ -356,3 +356,34 @@ async fn a_strangers_forged_reject_does_not_end_a_join() {
     na.shutdown().await;
     nb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_tells_a_stranger_none_of_the_nodes_listen_addresses() {
+    let n = node(secret());
+    let addr = addr_of(&n).await;
+    let listen = n.listen_addrs().await;
+    let mut swarm = build_swarm(keypair(&secret()).unwrap()).unwrap();
+    swarm.dial(addr).unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::Behaviour(confab_node::net::BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) = swarm.select_next_some().await
+            {
+                if peer_id == n.peer_id() {
+                    return info;
+                }
+            }
+        }
+    })
+    .await
+    .expect("identify arrives");
+    assert!(!listen.is_empty());
+    for a in &listen {
+        assert!(
+            !info.listen_addrs.contains(a),
+            "{a} advertised to a stranger"
+        );
+    }
+    n.shutdown().await;
+}

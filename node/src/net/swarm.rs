@@ -95,8 +95,12 @@ pub fn build_swarm_with(key: Keypair, cfg: NetConfig) -> Result<Swarm<Behaviour>
                     .then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
             ),
             identify: identify::Behaviour::new(
+                // Only confirmed external addresses are advertised, never every listen
+                // address (LAN, VPN, container bridges) to whoever connects: members learn
+                // each other's addresses from their Hellos, inside the room's sessions.
                 identify::Config::new(AGENT_PROTOCOL.into(), key.public())
-                    .with_agent_version(format!("confab/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("confab/{}", env!("CARGO_PKG_VERSION")))
+                    .with_hide_listen_addrs(true),
             ),
             ping: ping::Behaviour::new(
                 ping::Config::new()
