@@ -5,62 +5,30 @@
 //! panics or hangs, and the process stays under 100 MB.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod inproc;
+
 use std::time::Duration;
 
 use confab_node::call::{CallConfig, CallEnd, CallEvent, CallEvents, CallHandle};
 use confab_node::media::sink::Discard;
 use confab_node::media::source;
 use confab_node::net::{build_swarm, keypair, MEDIA_PROTOCOL, ROOM_PROTOCOL};
-use confab_node::{Node, NodeConfig};
-use confab_protocol::crypto::Identity;
+use confab_node::Node;
 use confab_protocol::ticket::Ticket;
-use confab_protocol::wire::{PeerInfo, RejectReason, RoomFrame};
+use confab_protocol::wire::{RejectReason, RoomFrame};
 use futures::{AsyncWriteExt, StreamExt};
+use inproc::{addrs_of, node, secret, ticket};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
-use rand::RngCore;
+
+/// The node's first listen address, with its peer id.
+async fn addr_of(node: &Node) -> Multiaddr {
+    addrs_of(node).await[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()))
+}
 
 const CALL: Duration = Duration::from_secs(5);
-
-fn secret() -> [u8; 32] {
-    let mut s = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut s);
-    s
-}
-
-fn node(identity: [u8; 32]) -> Node {
-    Node::start(NodeConfig {
-        identity,
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        relays: vec![],
-        hole_punch: false,
-        relay_only: false,
-    })
-    .expect("node")
-}
-
-async fn addr_of(node: &Node) -> Multiaddr {
-    for _ in 0..200 {
-        if let Some(a) = node.listen_addrs().await.into_iter().next() {
-            return a.with(libp2p::multiaddr::Protocol::P2p(node.peer_id()));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the node never listened");
-}
-
-fn ticket(creator: &[u8; 32], addr: &Multiaddr) -> Ticket {
-    let mut room_id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut room_id);
-    Ticket {
-        room_id,
-        room_secret: secret(),
-        bootstrap: vec![PeerInfo {
-            peer_id: Identity::from_secret_bytes(creator).peer_id(),
-            addrs: vec![addr.to_string()],
-        }],
-    }
-}
 
 async fn start(node: &Node, t: &Ticket, i: usize) -> (CallHandle, CallEvents) {
     node.start_call(
@@ -274,7 +242,7 @@ async fn strangers_flooding_a_call_do_not_disturb_it() {
     for n in &nodes {
         addrs.push(addr_of(n).await);
     }
-    let t = ticket(&secrets[0], &addrs[0]);
+    let t = ticket(&secrets[0], std::slice::from_ref(&addrs[0]));
     let ids: Vec<PeerId> = nodes.iter().map(Node::peer_id).collect();
     let baseline = call_of_three(&nodes, &t, std::future::pending()).await;
 
@@ -329,7 +297,7 @@ async fn a_strangers_forged_reject_does_not_end_a_join() {
     let (sa, sb) = (secret(), secret());
     let (na, nb) = (node(sa), node(sb));
     let (a_addr, b_addr) = (addr_of(&na).await, addr_of(&nb).await);
-    let t = ticket(&sa, &a_addr);
+    let t = ticket(&sa, std::slice::from_ref(&a_addr));
     let (a, mut a_events) = start(&na, &t, 0).await;
     // The stranger is connected to the joiner before the joiner's call starts, and sends
     // "wrong room secret" on a room stream of its own the moment it can.

@@ -3,6 +3,8 @@
 //! waiting on events instead of sleeping.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod inproc;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,11 +14,8 @@ use confab_node::media::audio::AudioError;
 use confab_node::media::sink::{AudioSink, Discard, Played};
 use confab_node::media::source;
 use confab_node::{Node, NodeConfig};
-use confab_protocol::crypto::Identity;
 use confab_protocol::ticket::Ticket;
-use confab_protocol::wire::PeerInfo;
-use libp2p::Multiaddr;
-use rand::RngCore;
+use inproc::{addrs_of, node, secret, ticket};
 
 /// Every frame a sink was given: (sender, played at ms, RMS level 0..1).
 type Heard = Arc<Mutex<Vec<(String, u64, f64)>>>;
@@ -35,48 +34,7 @@ impl AudioSink for Recorder {
     }
 }
 
-fn secret() -> [u8; 32] {
-    let mut s = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut s);
-    s
-}
-
-fn node(identity: [u8; 32]) -> Node {
-    Node::start(NodeConfig {
-        identity,
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        relays: vec![],
-        hole_punch: false,
-        relay_only: false,
-    })
-    .expect("node")
-}
-
-async fn addrs_of(node: &Node) -> Vec<Multiaddr> {
-    for _ in 0..200 {
-        let a = node.listen_addrs().await;
-        if !a.is_empty() {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the node never listened");
-}
-
-fn ticket(creator: &[u8; 32], addrs: &[Multiaddr]) -> Ticket {
-    let mut room_id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut room_id);
-    Ticket {
-        room_id,
-        room_secret: secret(),
-        bootstrap: vec![PeerInfo {
-            peer_id: Identity::from_secret_bytes(creator).peer_id(),
-            addrs: addrs.iter().map(|a| a.to_string()).collect(),
-        }],
-    }
-}
-
-/// Waits (at most `within`) for an event that `pick` accepts, passing every event to `seen`.
+/// Waits (at most `within`) for an event that `pick` accepts.
 async fn wait_for<T>(
     events: &mut CallEvents,
     within: Duration,
