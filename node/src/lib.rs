@@ -12,6 +12,7 @@
 //! * [`cmd`] — the `confab` command line (nothing else imports it).
 
 pub mod account;
+pub mod app;
 pub mod call;
 pub mod clock;
 pub mod cmd;

@@ -39,7 +39,7 @@ use crate::crypto::{
 use crate::error::{Error, Result};
 use crate::wire::{
     dialable_addrs, plausible_peer_id, Control, MediaFrame, PeerInfo, RejectReason, RoomFrame,
-    MAX_ADDRS, MAX_MEMBERS, MAX_NAME,
+    MAX_ADDRS, MAX_CHAT, MAX_MEMBERS, MAX_NAME,
 };
 use crate::{RoomId, RoomSecret};
 
@@ -60,6 +60,10 @@ pub const MAX_HANDSHAKES: usize = 2 * MAX_MEMBERS;
 /// How many departed members' own announced addresses are remembered, so that roster
 /// gossip about a lost member cannot replace them.
 const REMEMBERED_PEERS: usize = MAX_MEMBERS;
+/// Chat messages accepted from one member per [`CHAT_WINDOW_MS`]; more are dropped and
+/// counted, so a member cannot flood the others' screens.
+pub const CHAT_PER_WINDOW: u32 = 10;
+pub const CHAT_WINDOW_MS: u64 = 5_000;
 
 /// Tunables of a room. All times in milliseconds.
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ pub struct RoomConfig {
     pub addrs: Vec<String>,
     /// Whether we record the call (announced to everyone).
     pub recording: bool,
+    /// Whether our microphone is muted (announced to everyone).
+    pub muted: bool,
     /// Most members, ourselves included. Every peer whose session is up counts, whether or
     /// not its `Hello` arrived yet.
     pub max_members: usize,
@@ -90,6 +96,7 @@ impl Default for RoomConfig {
             name: String::new(),
             addrs: Vec::new(),
             recording: false,
+            muted: false,
             max_members: 16,
             handshake_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
@@ -184,6 +191,10 @@ pub enum Event {
     Dial(PeerInfo),
     /// A member started or stopped recording.
     Recording { peer: PeerKey, on: bool },
+    /// A member muted or unmuted its microphone.
+    Muted { peer: PeerKey, on: bool },
+    /// A member's chat message (control characters other than newlines removed).
+    Chat { peer: PeerKey, text: String },
     /// Our own sender key moved to a new epoch.
     Rekeyed { epoch: u32, fresh: bool },
 }
@@ -215,6 +226,8 @@ pub struct RoomCounters {
     pub addrs_dropped: u64,
     /// Current keys sent again to members that would otherwise fall out of the ratchet window.
     pub key_refreshes: u64,
+    /// Chat messages dropped because their sender went over [`CHAT_PER_WINDOW`].
+    pub chat_dropped: u64,
 }
 
 /// What a member announced in its `Hello`: name, dialable addresses, recording.
@@ -233,6 +246,8 @@ struct Member {
     pending: VecDeque<MediaFrame>,
     last_rx_ms: u64,
     last_tx_ms: u64,
+    /// Start of the current chat window and the messages accepted in it.
+    chat_window: (u64, u32),
 }
 
 enum PeerState {
@@ -539,6 +554,7 @@ impl Room {
                 pending: VecDeque::new(),
                 last_rx_ms: now,
                 last_tx_ms: now,
+                chat_window: (now, 0),
             })),
         );
         let hello = Control::Hello {
@@ -700,7 +716,39 @@ impl Room {
                     on,
                 });
             }
+            Control::Muted { on } => self.events.push_back(Event::Muted {
+                peer: peer.to_vec(),
+                on,
+            }),
+            Control::Chat { text } => self.handle_chat(now, peer, text),
         }
+    }
+
+    fn handle_chat(&mut self, now: u64, peer: &[u8], text: String) {
+        let Some(PeerState::Member(m)) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let (start, count) = &mut m.chat_window;
+        if now.saturating_sub(*start) >= CHAT_WINDOW_MS {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= CHAT_PER_WINDOW {
+            self.counters.chat_dropped += 1;
+            return;
+        }
+        *count += 1;
+        let text: String = text
+            .chars()
+            .filter(|c| *c == '\n' || !c.is_control())
+            .collect();
+        if text.trim().is_empty() {
+            return;
+        }
+        self.events.push_back(Event::Chat {
+            peer: peer.to_vec(),
+            text,
+        });
     }
 
     /// The peer's `Hello` arrived: it is a member now and gets what members are owed.
@@ -733,6 +781,9 @@ impl Room {
         };
         self.send_control(now, peer, &roster);
         self.send_key(now, peer, false);
+        if self.cfg.muted {
+            self.send_control(now, peer, &Control::Muted { on: true });
+        }
         // Tell the other members about the newcomer so that the mesh closes even when
         // several join at once.
         let info = PeerInfo {
@@ -900,6 +951,38 @@ impl Room {
         for p in members {
             self.send_control(now, &p, &Control::Recording { on });
         }
+    }
+
+    /// Mutes or unmutes and tells everyone (members admitted later are told on admission).
+    pub fn set_muted(&mut self, now: u64, on: bool) {
+        self.cfg.muted = on;
+        let members: Vec<PeerKey> = self.members().map(|(k, _, _)| k.clone()).collect();
+        for p in members {
+            self.send_control(now, &p, &Control::Muted { on });
+        }
+    }
+
+    /// Sends a chat message to every admitted member over its pairwise session; returns
+    /// how many members it went to.
+    pub fn send_chat(&mut self, now: u64, text: &str) -> Result<usize> {
+        if text.trim().is_empty() {
+            return Err(Error::Malformed("empty chat message"));
+        }
+        if text.len() > MAX_CHAT {
+            return Err(Error::TooLong {
+                what: "chat message",
+                len: text.len(),
+                limit: MAX_CHAT,
+            });
+        }
+        let members: Vec<PeerKey> = self.members().map(|(k, _, _)| k.clone()).collect();
+        let msg = Control::Chat {
+            text: text.to_owned(),
+        };
+        for p in &members {
+            self.send_control(now, p, &msg);
+        }
+        Ok(members.len())
     }
 
     /// Updates the addresses announced to members admitted from now on.

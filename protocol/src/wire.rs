@@ -30,6 +30,8 @@ pub const MAX_ADDRS: usize = 8;
 pub const MAX_PEER_ID: usize = 64;
 /// Most members in a roster message (and in a room).
 pub const MAX_MEMBERS: usize = 64;
+/// Longest chat message, in bytes of UTF-8.
+pub const MAX_CHAT: usize = 2000;
 /// Length of the cleartext media header.
 pub const MEDIA_HEADER_LEN: usize = 18;
 /// Length of the ChaCha20-Poly1305 / Noise authentication tag.
@@ -478,6 +480,11 @@ pub enum Control {
     Leave,
     /// Keep-alive; carries nothing.
     Heartbeat,
+    /// A chat message to the room (at most [`MAX_CHAT`] bytes), sent to each member over its
+    /// pairwise session.
+    Chat { text: String },
+    /// The sender muted or unmuted its microphone.
+    Muted { on: bool },
 }
 
 impl Control {
@@ -514,6 +521,13 @@ impl Control {
             }
             Control::Heartbeat => {
                 w.u8(6);
+            }
+            Control::Chat { text } => {
+                let text = truncate_utf8(text, MAX_CHAT).as_bytes();
+                w.u8(7).u16(text.len() as u16).bytes(text);
+            }
+            Control::Muted { on } => {
+                w.u8(8).u8(u8::from(*on));
             }
         }
         w.buf
@@ -554,11 +568,28 @@ impl Control {
             },
             5 => Control::Leave,
             6 => Control::Heartbeat,
+            7 => Control::Chat {
+                text: read_chat(&mut r)?,
+            },
+            8 => Control::Muted {
+                on: read_bool(&mut r)?,
+            },
             t => return Err(Error::UnknownType(t)),
         };
         r.finish()?;
         Ok(msg)
     }
+}
+
+fn read_chat(r: &mut Reader<'_>) -> Result<String> {
+    let len = usize::from(r.u16()?);
+    check_len("chat message", len, MAX_CHAT)?;
+    let bytes = r.bytes(len)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::Malformed("chat is not UTF-8"))?;
+    if text.is_empty() {
+        return Err(Error::Malformed("empty chat message"));
+    }
+    Ok(text.to_owned())
 }
 
 fn read_bool(r: &mut Reader<'_>) -> Result<bool> {
@@ -673,6 +704,8 @@ mod tests {
             (any::<u32>(), any::<[u8; 32]>(), any::<bool>())
                 .prop_map(|(epoch, key, fresh)| Control::SenderKey { epoch, key, fresh }),
             any::<bool>().prop_map(|on| Control::Recording { on }),
+            any::<bool>().prop_map(|on| Control::Muted { on }),
+            "[^\\x00]{1,300}".prop_map(|text| Control::Chat { text }),
             Just(Control::Leave),
             Just(Control::Heartbeat),
         ]

@@ -35,6 +35,9 @@ pub enum CallError {
     Codec(Arc<CodecError>),
     #[error("cannot write {path}: {reason}")]
     Output { path: String, reason: String },
+    /// A chat message that cannot be sent (empty or too long).
+    #[error("chat message refused: {0}")]
+    Chat(String),
 }
 
 /// Why no relay could carry the call.

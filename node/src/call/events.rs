@@ -94,6 +94,15 @@ pub enum CallEvent {
         peer: String,
         reason: String,
     },
+    /// A member muted or unmuted its microphone.
+    MuteChanged { at_ms: u64, peer: String, on: bool },
+    /// A member's chat message (end-to-end encrypted on the way; kept nowhere by the node).
+    Chat {
+        at_ms: u64,
+        peer: String,
+        name: String,
+        text: String,
+    },
     /// Periodic statistics (every second by default).
     Stats(CallStats),
     /// The last event of a call.

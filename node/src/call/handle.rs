@@ -30,6 +30,11 @@ pub enum CallCommand {
     SetSource(Box<dyn AudioSource>),
     SetSink(Box<dyn AudioSink>),
     Snapshot(oneshot::Sender<CallStats>),
+    /// Sends a chat message to every member; the reply says to how many.
+    Chat {
+        text: String,
+        reply: oneshot::Sender<Result<usize, CallError>>,
+    },
 }
 
 /// Steers one call. Clones steer the same call; once the call has ended, every command fails
@@ -110,6 +115,14 @@ impl CallHandle {
 
     pub async fn set_sink(&self, sink: Box<dyn AudioSink>) -> Result<(), CallError> {
         self.send(CallCommand::SetSink(sink)).await
+    }
+
+    /// Sends a chat message to the room, end-to-end encrypted over each member's pairwise
+    /// session; returns how many members it went to.
+    pub async fn chat(&self, text: String) -> Result<usize, CallError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CallCommand::Chat { text, reply }).await?;
+        rx.await.map_err(|_| CallError::NodeStopped)?
     }
 
     /// The call's statistics now.

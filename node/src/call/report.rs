@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::events::{CallEnd, CallEvent};
+use crate::account::HistoryEntry;
 
 /// What one receiver measured about one sender.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +121,8 @@ impl ReportBuilder {
             CallEvent::Ended(end) => self.end = Some((**end).clone()),
             CallEvent::PathChanged { .. }
             | CallEvent::RecordingChanged { .. }
+            | CallEvent::MuteChanged { .. }
+            | CallEvent::Chat { .. }
             | CallEvent::Stats(_) => {}
         }
     }
@@ -179,4 +182,25 @@ pub fn process_usage() -> (f64, u64) {
         })
         .unwrap_or(0);
     (cpu, rss)
+}
+
+impl CallReport {
+    /// The history entry of this call: the members it admitted, and its times.
+    pub fn history_entry(&self) -> HistoryEntry {
+        let mut peers: Vec<String> = self
+            .roster
+            .iter()
+            .filter(|e| e.kind == "admitted")
+            .map(|e| e.peer.clone())
+            .chain(self.received.iter().map(|r| r.from.clone()))
+            .collect();
+        peers.sort();
+        peers.dedup();
+        HistoryEntry {
+            room_id: self.room.clone(),
+            peers,
+            started_ms: self.started_ms,
+            duration_ms: self.ended_ms.saturating_sub(self.started_ms),
+        }
+    }
 }

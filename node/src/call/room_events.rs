@@ -43,6 +43,20 @@ impl Session {
                     self.on_recording(pid, on, now);
                 }
             }
+            Event::Muted { peer, on } => {
+                if let Some(pid) = peer_id(&peer) {
+                    self.out.emit(CallEvent::MuteChanged {
+                        at_ms: now.ms,
+                        peer: pid.to_string(),
+                        on,
+                    });
+                }
+            }
+            Event::Chat { peer, text } => {
+                if let Some(pid) = peer_id(&peer) {
+                    self.on_chat(pid, text, now);
+                }
+            }
             Event::Rekeyed { epoch, fresh } => {
                 debug!(epoch, fresh, "sender key moved to a new epoch");
             }
@@ -204,6 +218,21 @@ impl Session {
         {
             net.dial(peer, direct, circuits);
         }
+    }
+
+    fn on_chat(&mut self, pid: PeerId, text: String, now: Now) {
+        let name = self
+            .peers
+            .get(&pid)
+            .and_then(|c| c.remote.as_ref())
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        self.out.emit(CallEvent::Chat {
+            at_ms: now.ms,
+            peer: pid.to_string(),
+            name,
+            text,
+        });
     }
 
     fn on_recording(&mut self, pid: PeerId, on: bool, now: Now) {

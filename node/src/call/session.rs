@@ -480,6 +480,14 @@ impl Session {
             CallCommand::Mute(muted) => {
                 info!(muted, "microphone");
                 self.capture.muted = muted;
+                self.room.set_muted(now.ms, muted);
+            }
+            CallCommand::Chat { text, reply } => {
+                let sent = self
+                    .room
+                    .send_chat(now.ms, &text)
+                    .map_err(|e| CallError::Chat(e.to_string()));
+                let _ = reply.send(sent);
             }
             CallCommand::StartRecording(sink) => {
                 if let Some(mut old) = self.recorder.replace(sink) {

@@ -9,7 +9,7 @@ use libp2p::Multiaddr;
 
 use super::account::open_store;
 use super::{relays_or_settings, CallArgs, Failure};
-use crate::account::{HistoryEntry, Store};
+use crate::account::Store;
 use crate::call::{CallConfig, CallEvent, CallEvents, CallHandle, CallReport, ReportBuilder};
 use crate::media::sink::{Discard, Tee, WavMix, WavPerSender};
 use crate::media::{source, AudioSink, AudioSource};
@@ -173,7 +173,7 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         },
     )?;
     // The call history: room, peers, start, duration; never content.
-    if let Err(e) = store.record_call(&history_entry(&report)) {
+    if let Err(e) = store.record_call(&report.history_entry()) {
         tracing::warn!(error = %e, "cannot record the call in the history");
     }
     drop(store);
@@ -268,25 +268,6 @@ fn recording_notice(ev: &CallEvent) -> Option<String> {
             ..
         } => Some(format!("{} stopped recording", who(name, peer))),
         _ => None,
-    }
-}
-
-/// The history entry of a finished call: the members it admitted, and its times.
-pub fn history_entry(report: &CallReport) -> HistoryEntry {
-    let mut peers: Vec<String> = report
-        .roster
-        .iter()
-        .filter(|e| e.kind == "admitted")
-        .map(|e| e.peer.clone())
-        .chain(report.received.iter().map(|r| r.from.clone()))
-        .collect();
-    peers.sort();
-    peers.dedup();
-    HistoryEntry {
-        room_id: report.room.clone(),
-        peers,
-        started_ms: report.started_ms,
-        duration_ms: report.ended_ms.saturating_sub(report.started_ms),
     }
 }
 

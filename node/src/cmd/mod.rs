@@ -2,6 +2,7 @@
 //! else in the crate imports this module.
 
 mod account;
+mod app;
 mod bench;
 mod call;
 mod demo;
@@ -9,14 +10,11 @@ mod demo;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use confab_protocol::crypto::Identity;
-use confab_protocol::ticket::Ticket;
-use confab_protocol::wire::PeerInfo;
 use libp2p::Multiaddr;
 use rand::RngCore;
 use serde_json::json;
 
-use crate::account::{Store, StoredRoom};
+use crate::account::Store;
 use account::open_store;
 
 #[derive(Parser, Debug)]
@@ -69,6 +67,8 @@ pub enum Command {
     },
     /// Join a room from its ticket and talk.
     Call(CallArgs),
+    /// Start the node with its local web app: create rooms, invite, talk from the browser.
+    App(app::AppArgs),
     /// The community relays this account uses (reserved in every call, and put into the
     /// tickets of rooms it creates).
     Relay {
@@ -264,10 +264,6 @@ pub(crate) fn ticket_text(arg: Option<&str>, file: Option<&Path>) -> Result<Stri
     Ok(text.to_owned())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn peer_id_of(secret: &[u8; 32]) -> Result<libp2p::PeerId, Failure> {
     Ok(crate::net::keypair(secret)
         .map_err(Failure::other)?
@@ -319,6 +315,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             RoomCommand::List { json } => room_list(&dir, json),
         },
         Command::Call(args) => call::run(&dir, args),
+        Command::App(args) => app::run(&dir, args),
         Command::Relay { command } => relay_cmd(&dir, command),
         Command::Demo { .. } | Command::Bench { .. } => Ok(()),
     }
@@ -452,7 +449,6 @@ fn room_create(
 ) -> Result<(), Failure> {
     let store = open_store(dir)?;
     let secret = store.require_identity()?;
-    let identity = Identity::from_secret_bytes(&secret);
     let relays = relays_or_settings(&store, relay)?;
     let listen = if listen.is_empty() {
         let port = free_port()?;
@@ -474,43 +470,25 @@ fn room_create(
         .map(|r| crate::net::relays::circuit_addr(r, me).to_string())
         .collect();
     addrs.extend(announce.iter().map(|a| a.to_string()));
-    if addrs.len() > confab_protocol::wire::MAX_ADDRS {
-        return Err(Failure::input(format!(
-            "a ticket holds at most {} addresses per member; this one would have {}",
-            confab_protocol::wire::MAX_ADDRS,
-            addrs.len()
-        )));
-    }
-    let mut room_id = [0u8; 16];
-    let mut room_secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut room_id);
-    rand::rngs::OsRng.fill_bytes(&mut room_secret);
-    let ticket = Ticket {
-        room_id,
-        room_secret,
-        bootstrap: vec![PeerInfo {
-            peer_id: identity.peer_id(),
-            addrs,
-        }],
-    };
-    let text = ticket.to_string();
-    store.put_room(&StoredRoom {
-        room_id: hex(&room_id),
-        secret: hex(&room_secret),
-        listen: listen.iter().map(|a| a.to_string()).collect(),
-        ticket: text.clone(),
-        created_ms: crate::clock::now_ms(),
+    let room = crate::account::rooms::new_room(
+        &store,
+        addrs,
+        listen.iter().map(|a| a.to_string()).collect(),
+    )
+    .map_err(|e| match e {
+        crate::account::AccountError::Io(m) => Failure::input(m),
+        other => Failure::other(other),
     })?;
+    let (room_id, text) = (room.room_id, room.ticket);
     if json {
         println!(
             "{}",
-            json!({"room_id": hex(&room_id), "ticket": text, "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()})
+            json!({"room_id": room_id, "ticket": text, "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()})
         );
     } else {
         println!("{text}");
         eprintln!(
-            "room {} created; start it with `confab call --ticket-file FILE` or `confab call -` (it will listen on {})",
-            hex(&room_id),
+            "room {room_id} created; start it with `confab call --ticket-file FILE` or `confab call -` (it will listen on {})",
             listen
                 .iter()
                 .map(|a| a.to_string())

@@ -808,3 +808,74 @@ fn empty_media_frames_and_payloads_are_refused() {
     let ok = net.send(&a, b"x");
     assert!(net.open(&b, &a, &ok).expect("open").is_some());
 }
+
+#[test]
+fn chat_reaches_every_member_and_a_flood_is_cut_and_counted() {
+    let (mut net, ids) = Net::new(3, [11; 32]);
+    net.mesh(&ids);
+    for id in &ids {
+        net.events(id);
+    }
+    let now = net.now;
+    let sent = net
+        .room(&ids[0])
+        .send_chat(now, "hello\u{7}\nall")
+        .expect("chat");
+    assert_eq!(sent, 2);
+    net.pump();
+    for to in &ids[1..] {
+        let chats: Vec<_> = net
+            .events(to)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Chat { peer, text } => Some((peer, text)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chats, vec![(ids[0].clone(), "hello\nall".to_string())]);
+    }
+    assert!(net.room(&ids[0]).send_chat(now, "  ").is_err());
+    assert!(net
+        .room(&ids[0])
+        .send_chat(now, &"x".repeat(MAX_CHAT + 1))
+        .is_err());
+    // A flood, in a new window: only CHAT_PER_WINDOW arrive; the rest are counted.
+    net.now += CHAT_WINDOW_MS;
+    let now = net.now;
+    for i in 0..(CHAT_PER_WINDOW + 5) {
+        net.room(&ids[0])
+            .send_chat(now, &format!("m{i}"))
+            .expect("chat");
+    }
+    net.pump();
+    let got = net
+        .events(&ids[1])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Chat { .. }))
+        .count();
+    assert_eq!(got, CHAT_PER_WINDOW as usize);
+    assert_eq!(net.room(&ids[1]).counters().chat_dropped, 5);
+    assert!(
+        net.room(&ids[1]).is_member(&ids[0]),
+        "a flood is dropped, not punished"
+    );
+}
+
+#[test]
+fn mute_state_reaches_members_and_later_joiners() {
+    let (mut net, ids) = Net::new(2, [12; 32]);
+    net.mesh(&ids);
+    net.events(&ids[1]);
+    let now = net.now;
+    net.room(&ids[0]).set_muted(now, true);
+    net.pump();
+    let muted = |evs: Vec<Event>, who: &PeerKey| {
+        evs.into_iter()
+            .any(|e| matches!(e, Event::Muted { peer, on: true } if peer == *who))
+    };
+    assert!(muted(net.events(&ids[1]), &ids[0]));
+    // A newcomer learns of the mute on admission.
+    let late = Net::add_room(&mut net.rooms, 3, [12; 32]);
+    net.connect(&ids[0], &late);
+    assert!(muted(net.events(&late), &ids[0]));
+}
