@@ -367,6 +367,7 @@ mod tests {
         assert_eq!(ring.pull()[0], 0, "one frame is not enough to start");
         ring.push(&chunk(FRAME_SAMPLES, 7));
         assert_eq!(ring.pull()[0], 7);
+        assert_eq!(ring.pull()[0], 7);
         assert_eq!(ring.pull()[0], 0, "ran dry: an underrun");
         assert!(ring.counters.underruns >= 1);
         ring.push(&chunk(MAX_MIC_SAMPLES * 3, 5));
