@@ -282,7 +282,21 @@ impl App {
     async fn tell_call(&self) {
         let inner = self.inner.lock().await;
         let view = inner.call.as_ref().map(|c| &c.view);
-        self.tell(json!({"type": "call", "call": view}));
+        self.tell(json!({
+            "type": "call",
+            "call": view,
+            "media": self.media_counters(),
+        }));
+    }
+
+    /// How the page's audio fares at the node: microphone gaps and drops, frames the page
+    /// did not take in time.
+    fn media_counters(&self) -> Value {
+        json!({
+            "mic": self.media.mic_counters(),
+            "mic_buffered_ms": self.media.mic_buffered_ms(),
+            "to_page_dropped": self.media.page_dropped(),
+        })
     }
 
     /// Folds the events of call number `no` into its view, tells the pages, and records the

@@ -30,9 +30,17 @@ const ui = {
 const diag = {
   framesIn: {},
   played: {},
+  player: {},
   micFrames: 0,
   micDropped: 0,
   marks: [],
+  // Level of each ~50 ms block played from `peer`, with its wall-clock time.
+  playedLevels(peer) {
+    return (this.played[peer] || []).map((p) => ({
+      wall: p.wall,
+      rms: Math.sqrt(p.pcm.reduce((a, x) => a + x * x, 0) / p.pcm.length),
+    }));
+  },
   playedPcm(peer) {
     const parts = this.played[peer] || [];
     const n = parts.reduce((a, p) => a + p.pcm.length, 0);
@@ -144,6 +152,7 @@ function onEvent(m) {
       break;
     case 'call':
       ui.call = m.call;
+      diag.media = m.media;
       break;
     case 'ended':
       onEnded(m.call);
@@ -300,6 +309,7 @@ function onLevels(m) {
   for (const [slot, l] of Object.entries(m.levels)) {
     const peer = ui.slots.get(Number(slot));
     if (peer) ui.levels.set(peer, l.rms);
+    if (peer) diag.player[peer] = { underruns: l.underruns, dropped: l.dropped, queued: l.queued, target: l.target, trimmed: l.trimmed };
   }
   if (DIAG && ui.engine) {
     const out = ui.engine.ctx.outputLatency || 0;
