@@ -66,7 +66,7 @@ pub async fn session(app: Arc<App>, socket: WebSocket) {
                 Some(Ok(msg)) => on_message(&app, msg, &mut audio, &mut counters).await,
                 Some(Err(e)) => {
                     warn!(error = %e, "page WebSocket error; closing it");
-                    break;
+                    Some(close_for(&e.to_string()))
                 }
                 None => break,
             },
@@ -117,6 +117,21 @@ fn to_message(tp: ToPage) -> Message {
         ),
         ToPage::Audio(bytes) => Message::Binary(bytes.into()),
     }
+}
+
+/// The close frame for a socket error: 1009 for a message over [`MAX_MESSAGE`], 1002 for the
+/// rest (a broken frame).
+fn close_for(error: &str) -> Message {
+    let too_big = error.contains("too long") || error.contains("too big") || error.contains("limit");
+    let (code, reason) = if too_big {
+        (1009, "message too big")
+    } else {
+        (1002, "protocol error")
+    };
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
 }
 
 fn error_reply(message: impl Into<String>) -> Message {
