@@ -122,7 +122,8 @@ fn to_message(tp: ToPage) -> Message {
 /// The close frame for a socket error: 1009 for a message over [`MAX_MESSAGE`], 1002 for the
 /// rest (a broken frame).
 fn close_for(error: &str) -> Message {
-    let too_big = error.contains("too long") || error.contains("too big") || error.contains("limit");
+    let too_big =
+        error.contains("too long") || error.contains("too big") || error.contains("limit");
     let (code, reason) = if too_big {
         (1009, "message too big")
     } else {
