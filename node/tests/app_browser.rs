@@ -23,6 +23,10 @@ const RATE: usize = 48_000;
 
 fn skip() -> bool {
     if browser::chromium().is_none() {
+        assert!(
+            std::env::var_os("CONFAB_REQUIRE_BROWSER").is_none(),
+            "CONFAB_REQUIRE_BROWSER is set but no Chromium is installed"
+        );
         eprintln!("skipped: no Chromium (apt-get install chromium-headless-shell)");
         return true;
     }
