@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use browser::{AppProc, Browser};
+use browser::{create_account, enter_call, played, visible, AppProc, Browser};
 use confab_node::media::audio::{aligned_correlation, read_wav, test_signal, write_wav};
 use serde_json::Value;
 
@@ -41,79 +41,11 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn visible(id: &str) -> String {
-    format!("!document.getElementById({id:?}).hidden")
-}
-
-/// First run in the page: creates the account `name`; returns its peer id.
-async fn create_account(b: &mut Browser, name: &str) -> String {
-    let t = Duration::from_secs(20);
-    b.wait_for(&visible("screen-first-run"), t, "the first-run screen")
-        .await;
-    b.set_value("first-name", name).await;
-    b.click("first-create").await;
-    b.wait_for(&visible("screen-home"), t, "the home screen")
-        .await;
-    b.eval("ui.server.account.peer_id")
-        .await
-        .as_str()
-        .expect("peer id")
-        .to_string()
-}
-
-/// From the home screen through the pre-join screen (voice processing off, so signals can
-/// be compared) into the call; `ticket` None starts the room just created.
-async fn enter_call(b: &mut Browser, ticket: Option<&str>) {
-    let t = Duration::from_secs(20);
-    match ticket {
-        Some(ticket) => {
-            b.set_value("join-ticket", &format!("Join my call: {ticket}"))
-                .await;
-            b.click("join-go").await;
-        }
-        None => b.click("home-start").await,
-    }
-    b.wait_for("!!(ui.engine && ui.engine.source)", t, "the microphone")
-        .await;
-    b.eval(
-        "for (const id of ['opt-echo', 'opt-noise', 'opt-gain']) { \
-           const e = document.getElementById(id); e.checked = false; } \
-         document.getElementById('opt-gain').dispatchEvent(new Event('change')); true",
-    )
-    .await;
-    b.wait_for(
-        "ui.engine.stream.getAudioTracks()[0].getSettings().echoCancellation === false",
-        t,
-        "the microphone without echo cancellation",
-    )
-    .await;
-    b.click("prejoin-join").await;
-    b.wait_for(
-        "!!(ui.call && ui.call.status === 'in call')",
-        Duration::from_secs(30),
-        "being in the call",
-    )
-    .await;
-}
-
 async fn tile_names(b: &mut Browser) -> Vec<String> {
     let v = b
         .eval("[...document.querySelectorAll('.tile .name')].map(e => e.textContent)")
         .await;
     serde_json::from_value(v).expect("names")
-}
-
-/// What page `b` played from `peer`: the first sample's wall time and the samples.
-async fn played(b: &mut Browser, peer: &str) -> (f64, Vec<i16>) {
-    let v = b.eval(&format!("confabDiag.playedPcm({peer:?})")).await;
-    let bytes = data_encoding::BASE64
-        .decode(v["pcm_b64"].as_str().expect("pcm").as_bytes())
-        .expect("base64");
-    let pcm = bytes
-        .chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    (v["start_ms"].as_f64().unwrap_or(0.0), pcm)
 }
 
 /// Correlation of what was played with what was sent, per half-second segment of the last

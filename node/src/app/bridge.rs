@@ -30,6 +30,12 @@ pub const MAX_MIC_SAMPLES: usize = 4_800;
 pub const MIC_MAX_FRAMES: usize = 6;
 /// What the ring keeps after an overflow (40 ms).
 const MIC_KEEP_FRAMES: usize = 2;
+/// A backlog (audio still waiting after the call took its frame) of at least this much...
+const BACKLOG: usize = FRAME_SAMPLES;
+/// ...for this many frames in a row (1 s) is cut down to [`BACKLOG_KEEP`] at once: the page
+/// sent a burst (or ran early) and the call would otherwise carry that delay for good.
+const BACKLOG_PULLS: u32 = 50;
+const BACKLOG_KEEP: usize = FRAME_SAMPLES / 2;
 /// Messages queued toward the page; beyond that, frames are dropped (and counted).
 pub const TO_PAGE_QUEUE: usize = 512;
 
@@ -94,7 +100,7 @@ pub fn encode_played(slot: u8, seq: u32, at_ms: u64, pcm: &[i16]) -> Vec<u8> {
 }
 
 /// Counters of the microphone path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct MicCounters {
     /// Samples received from the page.
     pub samples_in: u64,
@@ -102,6 +108,31 @@ pub struct MicCounters {
     pub underruns: u64,
     /// Samples dropped because the ring was full (the page ran ahead of the call's clock).
     pub samples_dropped: u64,
+    /// From the capture of a message's last sample (the page's stamp) to its arrival here,
+    /// ms: the median of the last [`RECENT`] messages.
+    pub arrival_ms: f64,
+    /// Audio waiting in the ring when the call takes a frame, ms: the median of the last
+    /// [`RECENT`] frames.
+    pub wait_ms: f64,
+}
+
+/// How many recent values the medians are over.
+pub const RECENT: usize = 256;
+
+/// The last [`RECENT`] values of a figure, and their median.
+#[derive(Debug, Default)]
+struct Recent(VecDeque<f64>);
+
+impl Recent {
+    fn push(&mut self, v: f64) -> f64 {
+        if self.0.len() == RECENT {
+            self.0.pop_front();
+        }
+        self.0.push_back(v);
+        let mut sorted: Vec<f64> = self.0.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    }
 }
 
 /// Microphone samples from the page, waiting for the call's capture clock.
@@ -111,16 +142,22 @@ pub struct MicRing {
     /// Frames are taken only once a frame and a half is buffered, after start and after
     /// every underrun, so that the page's and the call's clocks do not meet exactly.
     primed: bool,
-    /// Capture time (page clock, ms) of the newest sample pushed.
-    newest_ms: f64,
+    /// Frames taken in a row that left at least [`BACKLOG`] waiting.
+    backlog_pulls: u32,
+    arrivals: Recent,
+    waits: Recent,
     pub counters: MicCounters,
 }
 
 impl MicRing {
-    pub fn push(&mut self, chunk: &MicChunk) {
+    pub fn push(&mut self, chunk: &MicChunk, now_ms: f64) {
         self.counters.samples_in += chunk.pcm.len() as u64;
+        let captured_end = chunk.captured_ms + chunk.pcm.len() as f64 / 48.0;
+        let lag = now_ms - captured_end;
+        if (0.0..10_000.0).contains(&lag) {
+            self.counters.arrival_ms = self.arrivals.push(lag);
+        }
         self.buf.extend(chunk.pcm.iter().copied());
-        self.newest_ms = chunk.captured_ms + chunk.pcm.len() as f64 / 48.0;
         if self.buf.len() > MIC_MAX_FRAMES * FRAME_SAMPLES {
             let drop = self.buf.len() - MIC_KEEP_FRAMES * FRAME_SAMPLES;
             self.buf.drain(..drop);
@@ -135,9 +172,12 @@ impl MicRing {
             self.primed = true;
         }
         if self.primed && self.buf.len() >= FRAME_SAMPLES {
+            let waiting = self.buffered_ms();
+            self.counters.wait_ms = self.waits.push(waiting);
             for (dst, src) in frame.iter_mut().zip(self.buf.drain(..FRAME_SAMPLES)) {
                 *dst = src;
             }
+            self.cut_backlog();
         } else {
             if self.primed || self.counters.samples_in > 0 {
                 self.counters.underruns += 1;
@@ -145,6 +185,20 @@ impl MicRing {
             self.primed = false;
         }
         frame
+    }
+
+    fn cut_backlog(&mut self) {
+        if self.buf.len() < BACKLOG {
+            self.backlog_pulls = 0;
+            return;
+        }
+        self.backlog_pulls += 1;
+        if self.backlog_pulls >= BACKLOG_PULLS {
+            let drop = self.buf.len() - BACKLOG_KEEP;
+            self.buf.drain(..drop);
+            self.counters.samples_dropped += drop as u64;
+            self.backlog_pulls = 0;
+        }
     }
 
     /// Milliseconds of audio waiting.
@@ -156,7 +210,6 @@ impl MicRing {
     pub fn reset(&mut self) {
         self.buf.clear();
         self.primed = false;
-        self.newest_ms = 0.0;
     }
 }
 
@@ -214,7 +267,7 @@ impl MediaLink {
     }
 
     pub fn push_mic(&self, chunk: &MicChunk) {
-        lock(&self.mic).push(chunk);
+        lock(&self.mic).push(chunk, crate::clock::now_ms() as f64);
     }
 
     pub fn mic_counters(&self) -> MicCounters {
@@ -363,16 +416,28 @@ mod tests {
             ring.counters.underruns, 0,
             "no audio yet is not an underrun"
         );
-        ring.push(&chunk(FRAME_SAMPLES, 7));
+        ring.push(&chunk(FRAME_SAMPLES, 7), 0.0);
         assert_eq!(ring.pull()[0], 0, "one frame is not enough to start");
-        ring.push(&chunk(FRAME_SAMPLES, 7));
+        ring.push(&chunk(FRAME_SAMPLES, 7), 0.0);
         assert_eq!(ring.pull()[0], 7);
         assert_eq!(ring.pull()[0], 7);
         assert_eq!(ring.pull()[0], 0, "ran dry: an underrun");
         assert!(ring.counters.underruns >= 1);
-        ring.push(&chunk(MAX_MIC_SAMPLES * 3, 5));
+        ring.push(&chunk(MAX_MIC_SAMPLES * 3, 5), 0.0);
         assert!(ring.buffered_ms() <= (MIC_MAX_FRAMES * 20) as f64);
         assert!(ring.counters.samples_dropped > 0);
+        // A standing backlog is cut after a second.
+        let mut ring = MicRing::default();
+        ring.push(&chunk(FRAME_SAMPLES * 4, 1), 0.0);
+        for _ in 0..BACKLOG_PULLS {
+            ring.push(&chunk(FRAME_SAMPLES, 1), 0.0);
+            ring.pull();
+        }
+        assert!(
+            ring.buffered_ms() <= 10.0,
+            "{} ms still waiting",
+            ring.buffered_ms()
+        );
     }
 
     #[test]

@@ -31,6 +31,15 @@ const diag = {
   framesIn: {},
   played: {},
   player: {},
+  captured: [],
+  queued: [],
+  // The median of what waited in the playout queue of `peer`, ms.
+  queueMs(peer) {
+    const q = this.queued.filter((x) => x[0] === peer).map((x) => x[1]).sort((a, b) => a - b);
+    return q.length ? q[q.length >> 1] : null;
+  },
+  // Frame arrivals from the node: how long after the node played each one the page had it.
+  arrival: [],
   micFrames: 0,
   micDropped: 0,
   marks: [],
@@ -41,18 +50,25 @@ const diag = {
       rms: Math.sqrt(p.pcm.reduce((a, x) => a + x * x, 0) / p.pcm.length),
     }));
   },
+  capturedPcm() {
+    return this.encode(this.captured);
+  },
   playedPcm(peer) {
-    const parts = this.played[peer] || [];
+    return this.encode(this.played[peer] || []);
+  },
+  encode(parts) {
     const n = parts.reduce((a, p) => a + p.pcm.length, 0);
     const out = new Int16Array(n);
+    const marks = [];
     let o = 0;
     for (const p of parts) {
+      marks.push([o, p.wall]);
       for (let i = 0; i < p.pcm.length; i++) out[o++] = Math.max(-1, Math.min(1, p.pcm[i])) * 32767;
     }
     let bin = '';
     const bytes = new Uint8Array(out.buffer);
     for (let i = 0; i < bytes.length; i += 8192) bin += String.fromCharCode(...bytes.subarray(i, i + 8192));
-    return { start_ms: parts.length ? parts[0].wall : 0, pcm_b64: btoa(bin) };
+    return { start_ms: parts.length ? parts[0].wall : 0, marks, pcm_b64: btoa(bin) };
   },
 };
 window.confabDiag = diag;
@@ -191,6 +207,7 @@ function onAudio(buf) {
   const slot = v.getUint8(1);
   const peer = ui.slots.get(slot) || `slot ${slot}`;
   diag.framesIn[peer] = (diag.framesIn[peer] || 0) + 1;
+  if (DIAG && diag.arrival.length < 10000) diag.arrival.push(Date.now() - v.getFloat64(8, true));
   if (!ui.engine) return;
   const pcm = new Int16Array(buf, 16);
   const samples = new Float32Array(pcm.length);
@@ -213,7 +230,7 @@ class Engine {
 
   async open(opts) {
     if (!this.ctx) {
-      this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+      this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: 0 });
       await this.ctx.audioWorklet.addModule('/capture-worklet.js');
       await this.ctx.audioWorklet.addModule('/player-worklet.js');
     }
@@ -281,6 +298,7 @@ class Engine {
     new Int16Array(buf, 16).set(pcm);
     ui.ws.send(buf);
     diag.micFrames++;
+    if (DIAG) diag.captured.push({ wall: this.wall(t), pcm: Float32Array.from(pcm, (x) => x / 32768) });
   }
 
   play(slot, samples) {
@@ -310,6 +328,7 @@ function onLevels(m) {
     const peer = ui.slots.get(Number(slot));
     if (peer) ui.levels.set(peer, l.rms);
     if (peer) diag.player[peer] = { underruns: l.underruns, dropped: l.dropped, queued: l.queued, target: l.target, trimmed: l.trimmed };
+    if (peer && DIAG && diag.queued.length < 20000) diag.queued.push([peer, l.queued / 48]);
   }
   if (DIAG && ui.engine) {
     const out = ui.engine.ctx.outputLatency || 0;
