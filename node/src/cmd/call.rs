@@ -13,7 +13,7 @@ use super::view::{self, Key, Terminal, ViewState};
 use super::{relays_or_settings, CallArgs, Failure};
 use crate::account::{HistoryEntry, Store};
 use crate::call::{CallConfig, CallEvent, CallEvents, CallHandle, CallReport, ReportBuilder};
-use crate::media::device::{DeviceMonitor, DeviceSink, DeviceSource};
+use crate::media::device::{DeviceError, DeviceMonitor, DeviceSink, DeviceSource};
 use crate::media::sink::{Discard, Tee, WavMix, WavPerSender};
 use crate::media::{source, AudioSink, AudioSource};
 use crate::node::{Node, NodeConfig};
@@ -70,6 +70,17 @@ fn check_args(args: &CallArgs) -> Result<(Ticket, Input), Failure> {
     Ok((ticket, input))
 }
 
+/// A device name that matches nothing (or several) is bad input (exit 2); a device that
+/// does not open is not.
+fn device_failure(e: DeviceError) -> Failure {
+    match e {
+        DeviceError::NotFound { .. } | DeviceError::Ambiguous { .. } => {
+            Failure::input(e.to_string())
+        }
+        _ => Failure::other(e),
+    }
+}
+
 /// The devices a call uses, watched from outside it.
 type Devices = Vec<(&'static str, DeviceMonitor)>;
 
@@ -79,7 +90,7 @@ fn open_source(input: &Input, devices: &mut Devices) -> Result<Box<dyn AudioSour
         Input::Tone(hz) => Box::new(source::tone(*hz)),
         Input::Signal(i) => Box::new(source::test_signal(*i)),
         Input::Mic(name) => {
-            let mic = DeviceSource::open(name).map_err(Failure::other)?;
+            let mic = DeviceSource::open(name).map_err(device_failure)?;
             devices.push(("mic", mic.monitor()));
             Box::new(mic)
         }
@@ -104,7 +115,7 @@ fn open_sink(
     }
     let recording = !sinks.is_empty();
     if let Some(name) = &args.speaker {
-        let speaker = DeviceSink::open(name).map_err(Failure::other)?;
+        let speaker = DeviceSink::open(name).map_err(device_failure)?;
         devices.push(("speaker", speaker.monitor()));
         sinks.push(Box::new(speaker));
     }

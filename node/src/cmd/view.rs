@@ -454,11 +454,11 @@ pub fn device_lines(devices: &[(&'static str, DeviceMonitor)]) -> Vec<DeviceLine
 mod tests {
     use super::*;
 
-    fn stream(from: &str, name: &str, level: f64, lost: u64) -> StreamStats {
+    fn stream(from: &str, name: &str, path: Path, level: f64, lost: u64) -> StreamStats {
         StreamStats {
             from: from.into(),
             name: name.into(),
-            path: Path::Punched,
+            path,
             frames_received: 99,
             frames_lost: lost,
             frames_late: 0,
@@ -500,8 +500,8 @@ mod tests {
             at_ms: 63_000,
             muted: true,
             streams: vec![
-                stream("12D3KooWBobBobBob111", "bob", -20.0, 1),
-                stream("12D3KooWCarolCarol22", "carol", -100.0, 0),
+                stream("12D3KooWBobBobBob111", "bob", Path::Punched, -20.0, 1),
+                stream("12D3KooWCarolCarol22", "carol", Path::Direct, -100.0, 0),
             ],
             ..CallStats::default()
         }));
@@ -514,9 +514,9 @@ mod tests {
         let expected = [
             "confab · room 01234567 · alice (…eAlice) · 01:02 · mic MUTED",
             "",
-            "  member                   path     speaking            latency   loss   MOS",
-            "  bob (…Bob111)            punched  ██████·· speaking     61 ms   1.0%  4.31",
-            "  carol (…arol22)          direct   ········ left           —      —     —  ⚠ recording",
+            "  member                   path     speaking           latency   loss   MOS",
+            "  bob (…Bob111)            punched  █████··· speaking    61 ms   1.0%  4.31",
+            "  carol (…arol22)          direct   ········ left            —      —     —  ⚠ recording",
             "",
             "  carol (…arol22) left (Left)",
             "  [m] mute/unmute   [q] leave",

@@ -213,7 +213,15 @@ fn spawn(dir: Direction, name: &str, build: Build) -> Result<(StreamThread, Open
             let opened = (|| {
                 let device = find(dir, &wanted)?;
                 let id = id_of(&device);
-                let (config, format) = choose(&ranges(&device, dir)).ok_or_else(|| {
+                let offered = ranges(&device, dir);
+                if offered.is_empty() {
+                    return Err(device_error(
+                        dir,
+                        &id,
+                        "cannot be opened (no sound card? `confab devices` lists what there is)",
+                    ));
+                }
+                let (config, format) = choose(&offered).ok_or_else(|| {
                     device_error(dir, &id, "offers no sample format that confab converts")
                 })?;
                 let stream =
