@@ -29,7 +29,7 @@ use super::audio::AudioError;
 use super::codec::FRAME_SAMPLES;
 use super::sink::{AudioSink, Played};
 use super::source::AudioSource;
-pub use convert::{Pacer, Resampler, MAX_LEAD};
+pub use convert::{downmix, from_i16, to_i16, upmix, Pacer, Resampler, MAX_LEAD};
 pub use ring::{CaptureRing, PlayMix, MAX_SENDERS, RING_MS};
 
 /// Why a device could not be listed or opened.
