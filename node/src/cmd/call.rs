@@ -1,6 +1,7 @@
 //! `confab call`: a thin client of one call session on a node of its own. `--duration` and
 //! Ctrl-C are "leave after"; the report is folded from the call's events.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,9 +9,11 @@ use confab_protocol::ticket::Ticket;
 use libp2p::Multiaddr;
 
 use super::account::open_store;
+use super::view::{self, Key, Terminal, ViewState};
 use super::{relays_or_settings, CallArgs, Failure};
 use crate::account::Store;
 use crate::call::{CallConfig, CallEvent, CallEvents, CallHandle, CallReport, ReportBuilder};
+use crate::media::device::{DeviceError, DeviceMonitor, DeviceSink, DeviceSource};
 use crate::media::sink::{Discard, Tee, WavMix, WavPerSender};
 use crate::media::{source, AudioSink, AudioSource};
 use crate::node::{Node, NodeConfig};
@@ -28,6 +31,8 @@ enum Input {
     Wav(PathBuf),
     Tone(f64),
     Signal(usize),
+    /// A microphone ("" for the default).
+    Mic(String),
 }
 
 fn check_args(args: &CallArgs) -> Result<(Ticket, Input), Failure> {
@@ -44,6 +49,9 @@ fn check_args(args: &CallArgs) -> Result<(Ticket, Input), Failure> {
         if !(hz.is_finite() && hz > 0.0 && hz < 24_000.0) {
             return Err(Failure::input("--tone must be between 0 and 24000 Hz"));
         }
+    }
+    if let Some(name) = &args.mic {
+        return Ok((ticket, Input::Mic(name.clone())));
     }
     let input = match (&args.input, args.tone, args.signal) {
         (Some(p), _, _) => {
@@ -62,16 +70,40 @@ fn check_args(args: &CallArgs) -> Result<(Ticket, Input), Failure> {
     Ok((ticket, input))
 }
 
-fn open_source(input: &Input) -> Result<Box<dyn AudioSource>, Failure> {
+/// A device name that matches nothing (or several) is bad input (exit 2); a device that
+/// does not open is not.
+fn device_failure(e: DeviceError) -> Failure {
+    match e {
+        DeviceError::NotFound { .. } | DeviceError::Ambiguous { .. } => {
+            Failure::input(e.to_string())
+        }
+        _ => Failure::other(e),
+    }
+}
+
+/// The devices a call uses, watched from outside it.
+type Devices = Vec<(&'static str, DeviceMonitor)>;
+
+fn open_source(input: &Input, devices: &mut Devices) -> Result<Box<dyn AudioSource>, Failure> {
     Ok(match input {
         Input::Wav(p) => Box::new(source::wav(p).map_err(|e| Failure::input(e.to_string()))?),
         Input::Tone(hz) => Box::new(source::tone(*hz)),
         Input::Signal(i) => Box::new(source::test_signal(*i)),
+        Input::Mic(name) => {
+            let mic = DeviceSource::open(name).map_err(device_failure)?;
+            devices.push(("mic", mic.monitor()));
+            Box::new(mic)
+        }
     })
 }
 
-/// `--output` (the mix) and `--output-dir` (one file per sender), or nothing.
-fn open_sink(args: &CallArgs, started_ms: u64) -> Result<(Box<dyn AudioSink>, bool), Failure> {
+/// `--speaker`, `--output` (the mix) and `--output-dir` (one file per sender), or nothing;
+/// and whether the room is told that we record.
+fn open_sink(
+    args: &CallArgs,
+    started_ms: u64,
+    devices: &mut Devices,
+) -> Result<(Box<dyn AudioSink>, bool), Failure> {
     let mut sinks: Vec<Box<dyn AudioSink>> = Vec::new();
     if let Some(dir) = &args.output_dir {
         sinks.push(Box::new(WavPerSender::create(dir).map_err(Failure::other)?));
@@ -82,7 +114,12 @@ fn open_sink(args: &CallArgs, started_ms: u64) -> Result<(Box<dyn AudioSink>, bo
         ));
     }
     let recording = !sinks.is_empty();
-    let sink: Box<dyn AudioSink> = if recording {
+    if let Some(name) = &args.speaker {
+        let speaker = DeviceSink::open(name).map_err(device_failure)?;
+        devices.push(("speaker", speaker.monitor()));
+        sinks.push(Box::new(speaker));
+    }
+    let sink: Box<dyn AudioSink> = if !sinks.is_empty() {
         Box::new(Tee::new(sinks))
     } else {
         Box::new(Discard)
@@ -120,7 +157,8 @@ fn listen_addrs(
 
 pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
     let (ticket, input) = check_args(&args)?;
-    let source = open_source(&input)?;
+    let mut devices = Devices::new();
+    let source = open_source(&input, &mut devices)?;
     let store = open_store(dir)?;
     let identity = store.require_identity()?;
     let name = store.name()?.unwrap_or_default();
@@ -135,7 +173,8 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         hole_punch: !args.no_hole_punch,
         relay_only: args.relay_only,
     };
-    let (sink, recording) = open_sink(&args, crate::clock::now_ms())?;
+    let (sink, recording) = open_sink(&args, crate::clock::now_ms(), &mut devices)?;
+    let live = !args.json && !args.no_view && std::io::stdout().is_terminal();
     let mut config = CallConfig::new(ticket, name);
     config.recording = recording;
     config.cbr = args.cbr;
@@ -159,7 +198,10 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
                 let node = node.attached();
                 let client = async {
                     let report = match node.start_call(config, source, sink).await {
-                        Ok((handle, events)) => follow(&handle, events, duration).await,
+                        Ok((handle, events)) => {
+                            let ui = if live { Ui::start(&devices) } else { None };
+                            follow(&handle, events, duration, ui).await
+                        }
                         Err(e) => Err(Failure::other(e)),
                     };
                     // Whatever happened, the driver ends with the node.
@@ -177,6 +219,9 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         tracing::warn!(error = %e, "cannot record the call in the history");
     }
     drop(store);
+    for (label, m) in &devices {
+        eprintln!("{}", device_summary(label, m));
+    }
     if args.json {
         println!(
             "{}",
@@ -188,16 +233,78 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Follows a call's events until it ends: leaves after `duration` (with a drain) or on
-/// Ctrl-C (at once), and folds the events into the report.
+/// The live view while it owns the terminal.
+struct Ui {
+    state: ViewState,
+    term: Terminal,
+    keys: Option<tokio::sync::mpsc::Receiver<Key>>,
+    devices: Devices,
+}
+
+impl Ui {
+    /// Takes the terminal, or `None` (plain lines) if it cannot.
+    fn start(devices: &Devices) -> Option<Self> {
+        match Terminal::take() {
+            Ok((term, keys)) => {
+                let ui = Self {
+                    state: ViewState::default(),
+                    term,
+                    keys: Some(keys),
+                    devices: devices.clone(),
+                };
+                ui.draw();
+                Some(ui)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no live view: cannot take the terminal");
+                None
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: &CallEvent) {
+        self.state.on_event(ev);
+        self.draw_now();
+    }
+
+    fn draw_now(&mut self) {
+        for line in view::take_logs() {
+            self.state.notice(line);
+        }
+        self.state.devices = view::device_lines(&self.devices);
+        self.draw();
+    }
+
+    fn draw(&self) {
+        if let Err(e) = self.term.draw(&self.state.render(Terminal::width())) {
+            tracing::debug!(error = %e, "cannot draw the live view");
+        }
+    }
+
+    /// The next key, or never once the keys are gone.
+    async fn key(keys: &mut Option<tokio::sync::mpsc::Receiver<Key>>) -> Option<Key> {
+        match keys {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Follows a call's events until it ends: leaves after `duration` (with a drain), on
+/// Ctrl-C or `q` in the live view (at once), mutes on `m`, and folds the events into the
+/// report.
 async fn follow(
     handle: &CallHandle,
     mut events: CallEvents,
     duration: Option<Duration>,
+    mut ui: Option<Ui>,
 ) -> Result<CallReport, Failure> {
     let mut report = ReportBuilder::new();
     let leave_at = duration.map(|d| tokio::time::Instant::now() + d);
     let mut leaving = false;
+    let mut muted = false;
+    let mut interrupted = false;
+    let mut keys = ui.as_mut().and_then(|u| u.keys.take());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -207,11 +314,17 @@ async fn follow(
                 None => std::future::pending().await,
             }
         };
+        let mut key = None;
         tokio::select! {
             ev = events.next() => {
                 let Some(ev) = ev else { break };
-                if let Some(line) = recording_notice(&ev) {
-                    eprintln!("{line}");
+                match ui.as_mut() {
+                    Some(ui) => ui.on_event(&ev),
+                    None => {
+                        if let Some(line) = recording_notice(&ev) {
+                            eprintln!("{line}");
+                        }
+                    }
                 }
                 report.on_event(&ev);
                 if matches!(ev, CallEvent::Ended(_)) {
@@ -222,13 +335,38 @@ async fn follow(
                 leaving = true;
                 let _ = handle.request_leave(DRAIN_GRACE).await;
             }
-            _ = &mut ctrl_c => {
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                key = Some(Key::Leave);
+            }
+            k = Ui::key(&mut keys) => match k {
+                Some(k) => key = Some(k),
+                None => keys = None,
+            },
+        }
+        match key {
+            Some(Key::Mute) => {
+                muted = !muted;
+                let _ = handle.mute(muted).await;
+                if let Some(ui) = ui.as_mut() {
+                    ui.state.muted = muted;
+                    ui.draw_now();
+                }
+            }
+            Some(Key::Leave) => {
                 tracing::info!("interrupted; leaving the call");
                 leaving = true;
                 let _ = handle.request_leave(INTERRUPT_DRAIN).await;
+                if let Some(ui) = ui.as_mut() {
+                    ui.state.leaving = true;
+                    ui.draw_now();
+                }
             }
+            None => {}
         }
     }
+    // The terminal is given back before the report is printed.
+    drop(ui);
     if let Some(e) = report.end().and_then(|end| end.error.clone()) {
         return Err(Failure {
             code: e.exit_code(),
@@ -236,6 +374,24 @@ async fn follow(
         });
     }
     Ok(report.finish())
+}
+
+/// What a device did during the call (on stderr after it).
+fn device_summary(label: &str, m: &DeviceMonitor) -> String {
+    let s = m.stats();
+    let o = &m.opened;
+    format!(
+        "{label} {} ({} Hz, {} ch, {}): {} frames, ring {:.1} ms on average, dropped {:.0} ms, {} underruns, {} device errors",
+        o.id,
+        o.rate,
+        o.channels,
+        o.format,
+        s.frames,
+        s.ring_ms_mean,
+        s.dropped_ms,
+        s.underruns,
+        m.errors()
+    )
 }
 
 /// The line printed on stderr the moment a member that records is admitted, or starts or

@@ -6,6 +6,10 @@ mod app;
 mod bench;
 mod call;
 mod demo;
+mod devices;
+mod view;
+
+pub use view::LogWriter;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +35,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (a call's arguments) is no cost.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the account: a new identity key in the local store.
@@ -88,6 +94,12 @@ pub enum Command {
         /// Keep the working directory (data dirs, WAVs, logs) and print where it is.
         #[arg(long)]
         keep: bool,
+    },
+    /// List the audio inputs and outputs (`--mic NAME` / `--speaker NAME` take the first
+    /// column, or any unique part of it or of the description).
+    Devices {
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the media path per frame and a node's CPU and memory in a real call.
     Bench {
@@ -153,6 +165,14 @@ pub struct CallArgs {
     /// Send this WAV file (looped).
     #[arg(long, conflicts_with_all = ["tone", "signal"])]
     pub input: Option<PathBuf>,
+    /// Capture from the microphone NAME (without NAME: the default input; see `confab
+    /// devices`). Put it after the ticket, or write `--mic=NAME`.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "",
+          conflicts_with_all = ["input", "tone", "signal"])]
+    pub mic: Option<String>,
+    /// Play what you hear on the speaker NAME (without NAME: the default output).
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    pub speaker: Option<String>,
     /// Send a pure tone of this frequency in Hz.
     #[arg(long, conflicts_with = "signal")]
     pub tone: Option<f64>,
@@ -192,6 +212,9 @@ pub struct CallArgs {
     /// Print the call report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Plain lines even when stdout is a terminal (no live view).
+    #[arg(long)]
+    pub no_view: bool,
 }
 
 /// An error with the exit code it deserves: 2 for bad input, 1 for everything else.
@@ -298,6 +321,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     {
         return bench::run(participants, seconds, json);
     }
+    if let Command::Devices { json } = cli.command {
+        return devices::run(json);
+    }
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Init { name, passphrase } => init(&dir, name, passphrase),
@@ -317,7 +343,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Call(args) => call::run(&dir, args),
         Command::App(args) => app::run(&dir, args),
         Command::Relay { command } => relay_cmd(&dir, command),
-        Command::Demo { .. } | Command::Bench { .. } => Ok(()),
+        Command::Demo { .. } | Command::Bench { .. } | Command::Devices { .. } => Ok(()),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Audio: the Opus codec, WAV files, test signals and their comparison, and the sources and
-//! sinks a call captures from and plays into.
+//! sinks a call captures from and plays into (files, test signals, and native devices).
 
 pub mod audio;
 pub mod codec;
+pub mod device;
 pub mod sink;
 pub mod source;
 

@@ -48,6 +48,7 @@ impl Sim {
             name: format!("node-{n}"),
             addrs: Vec::new(),
             recording: false,
+            muted: false,
             max_members: p.max_members,
             handshake_timeout_ms: p.handshake_timeout_ms,
             heartbeat_interval_ms: p.heartbeat_interval_ms,

@@ -168,7 +168,7 @@ impl Sim {
                     self.ratchets += 1;
                 }
             }
-            Event::Recording { .. } => {}
+            Event::Recording { .. } | Event::Muted { .. } | Event::Chat { .. } => {}
         }
     }
 
