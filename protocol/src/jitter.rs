@@ -49,10 +49,13 @@
 //! * **End of stream.** After [`JitterBuffer::finish`], buffered frames still play at their
 //!   deadlines (gaps between them are concealed), but nothing is concealed past the last
 //!   buffered frame, and `poll_timeout` becomes `None` once the buffer is empty.
-//! * **Mouth-to-ear latency** of each played frame is `now - capture_ts` at the poll that
-//!   returns it, i.e. the frame's transit plus its time in the buffer. It is a true
-//!   mouth-to-ear latency only when the two clocks are synchronised (e.g. same host);
-//!   otherwise it carries the clock offset.
+//! * **Latency.** `capture_ts` is the capture time of a frame's first sample, so the frame
+//!   was complete `frame_ms` later. Each played frame records its *transit and buffering*,
+//!   `now - capture_ts - frame_ms` at the poll that returns it; the statistics' mouth-to-ear
+//!   adds the algorithmic delay (`frame_ms` plus the sender's `lookahead_us`) to it, which
+//!   is where the sample captured at `t` is played, minus `t`. Both are true figures only
+//!   when the two clocks are synchronised (e.g. same host); otherwise they carry the clock
+//!   offset (and never fall below the algorithmic delay: negative transits count as 0).
 //! * **Sequence numbers** are treated as monotonically increasing; wrap-around is out of scope
 //!   (the timeline ends after `u32::MAX`, frames older than the playout point are late).
 //!
@@ -61,6 +64,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::stats::StreamStats;
+use crate::wire::{MediaFormat, MAX_LOOKAHEAD_US};
 
 /// Weight per arrival of age of a transit sample in the target's percentile (half-life of
 /// about 46 arrivals, a second at 20 ms frames).
@@ -74,12 +78,15 @@ pub const MAX_WINDOW: usize = 10_000;
 pub const MAX_CAPACITY: usize = 4_096;
 
 /// Jitter buffer configuration. Out-of-range values are clamped by [`JitterBuffer::new`]
-/// (`frame_ms >= 1`, `max_delay_ms >= min_delay_ms`, `percentile` in `[0, 1]` (NaN → 0.95),
+/// (`frame_ms >= 1`, `lookahead_us <= MAX_LOOKAHEAD_US`, `max_delay_ms >= min_delay_ms`, `percentile` in `[0, 1]` (NaN → 0.95),
 /// `window` in `1..=MAX_WINDOW`, `capacity` in `1..=MAX_CAPACITY`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JitterConfig {
     /// Audio per frame, ms (default 20).
     pub frame_ms: u32,
+    /// The sender's codec look-ahead, µs (default 6 500, Opus'); with `frame_ms` it is the
+    /// stream's algorithmic delay, which the statistics add to transit and buffering.
+    pub lookahead_us: u32,
     /// Lower bound of the target delay, ms (default 5); also the initial target.
     pub min_delay_ms: u32,
     /// Upper bound of the target delay, ms (default 500).
@@ -96,6 +103,7 @@ impl Default for JitterConfig {
     fn default() -> Self {
         Self {
             frame_ms: 20,
+            lookahead_us: 6_500,
             min_delay_ms: 5,
             max_delay_ms: 500,
             percentile: 0.95,
@@ -106,8 +114,18 @@ impl Default for JitterConfig {
 }
 
 impl JitterConfig {
+    /// The default buffer for a stream of `format`.
+    pub fn for_format(format: MediaFormat) -> Self {
+        Self {
+            frame_ms: u32::from(format.frame_ms),
+            lookahead_us: u32::from(format.lookahead_us),
+            ..Self::default()
+        }
+    }
+
     fn sanitized(mut self) -> Self {
         self.frame_ms = self.frame_ms.max(1);
+        self.lookahead_us = self.lookahead_us.min(u32::from(MAX_LOOKAHEAD_US));
         self.max_delay_ms = self.max_delay_ms.max(self.min_delay_ms);
         self.percentile = if self.percentile.is_nan() {
             0.95
@@ -222,7 +240,10 @@ impl JitterBuffer {
             idle_after,
             idle: false,
             finished: false,
-            stats: StreamStats::default(),
+            stats: StreamStats {
+                algorithmic_delay_ms: f64::from(cfg.frame_ms) + f64::from(cfg.lookahead_us) / 1e3,
+                ..StreamStats::default()
+            },
             cfg,
         }
     }
@@ -441,8 +462,10 @@ impl JitterBuffer {
         let seq32 = u32::try_from(seq).ok()?;
         let out = if let Some(f) = self.frames.remove(&seq) {
             self.stats.frames_played = self.stats.frames_played.saturating_add(1);
-            let m2e = i128::from(now_ms) - i128::from(f.capture_ts_ms);
-            self.stats.latency.record(m2e as f64);
+            // The frame was complete one frame after its first sample was captured.
+            let transit =
+                i128::from(now_ms) - i128::from(f.capture_ts_ms) - i128::from(self.cfg.frame_ms);
+            self.stats.transit_buffer.record(transit as f64);
             self.stats.note_slot(false);
             self.push_history(Slot::Played);
             self.conceal_run = 0;
@@ -625,12 +648,41 @@ mod tests {
         assert_eq!(s.frames_played, 500);
         assert_eq!(s.frames_concealed, 0);
         assert_eq!(s.frames_lost, 0);
-        assert_eq!(s.latency.percentile(0.5), Some(42.0));
-        assert_eq!(s.latency.percentile(0.95), Some(42.0));
+        // Arrived 37 ms after its first sample, played 5 ms later: 22 ms after it was
+        // complete; mouth-to-ear adds the frame and the look-ahead to that.
+        assert_eq!(s.transit_buffer.percentile(0.5), Some(22.0));
+        assert_eq!(s.transit_buffer.percentile(0.95), Some(22.0));
+        assert_eq!(s.mouth_to_ear(0.5), Some(48.5));
         assert_eq!(s.jitter_ms, 0.0);
         assert!(jb.is_drained());
         assert_eq!(jb.poll_timeout(), None);
         assert!(s.mos() > 4.3);
+    }
+
+    #[test]
+    fn ten_ms_frames_play_every_ten_ms_and_count_their_own_delay() {
+        let cfg = JitterConfig::for_format(MediaFormat {
+            frame_ms: 10,
+            lookahead_us: 2_500,
+        });
+        let arrivals: Vec<Arrival> = (0..300u32)
+            .map(|i| {
+                let cap = 5_000 + u64::from(i) * 10;
+                (cap + 13, i, cap)
+            })
+            .collect();
+        let (jb, out, _) = run(cfg, arrivals, true);
+        assert_eq!(out.len(), 300);
+        for w in out.windows(2) {
+            assert_eq!(w[1].0 - w[0].0, 10, "one slot every 10 ms");
+        }
+        let s = jb.stats();
+        assert_eq!(s.frames_concealed, 0);
+        // 13 ms after the first sample, 5 ms in the buffer: 8 ms after the frame was
+        // complete; plus 10 ms of framing and 2.5 ms of look-ahead.
+        assert_eq!(s.transit_buffer.percentile(0.5), Some(8.0));
+        assert_eq!(s.mouth_to_ear(0.5), Some(20.5));
+        assert!((s.algorithmic_delay_ms - 12.5).abs() < 1e-9);
     }
 
     #[test]
@@ -693,9 +745,9 @@ mod tests {
         assert_eq!(out.len() as u64, u64::from(n));
         assert_eq!(s.frames_played + s.frames_late, u64::from(n));
         assert!(s.jitter_ms > 5.0 && s.jitter_ms < 30.0, "{}", s.jitter_ms);
-        // p95 mouth-to-ear is about base + p95 jitter + margin
-        let p95 = s.latency.percentile(0.95).unwrap_or(0.0);
-        assert!((85.0..=110.0).contains(&p95), "p95 {p95}");
+        // p95 mouth-to-ear is about base + p95 jitter + margin, plus the look-ahead
+        let p95 = s.mouth_to_ear(0.95).unwrap_or(0.0);
+        assert!((91.5..=116.5).contains(&p95), "p95 {p95}");
     }
 
     #[test]
@@ -873,6 +925,7 @@ mod tests {
     fn bad_config_is_sanitized() {
         let mut jb = JitterBuffer::new(JitterConfig {
             frame_ms: 0,
+            lookahead_us: u32::MAX,
             min_delay_ms: 100,
             max_delay_ms: 10,
             percentile: f64::NAN,
@@ -880,6 +933,7 @@ mod tests {
             capacity: 0,
         });
         assert_eq!(jb.config().frame_ms, 1);
+        assert_eq!(jb.config().lookahead_us, u32::from(MAX_LOOKAHEAD_US));
         assert_eq!(jb.config().capacity, 1);
         assert_eq!(jb.push(0, 0, 0, vec![]), PushOutcome::Accepted);
         assert_eq!(jb.push(0, 1, 0, vec![]), PushOutcome::TooFarAhead);

@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod codec;
+pub mod onsets;
 pub mod sink;
 pub mod source;
 
