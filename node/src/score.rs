@@ -48,12 +48,15 @@ impl Latency {
 
 /// The chirps of a pair: how many the sender sent while the receiver was playing it, and
 /// how many were found on the receiver's timeline.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Onsets {
     pub expected: usize,
     pub found: usize,
     /// The smallest delay found, ms (never below the algorithmic delay: checked).
     pub min_ms: Option<f64>,
+    /// Capture time of each chirp found, ms after the first one expected, and its delay,
+    /// ms (one decimal): how the delay moved during the call.
+    pub delays_ms: Vec<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,14 +252,20 @@ fn on_the_signal(s: &CallReport, rx: &ReceivedStream, signal_len: usize) -> (Vec
                 && o.captured_ms + onsets::MAX_DELAY_MS as f64 <= heard_until
         })
         .collect();
-    let found: Vec<f64> = onsets::measure(&timeline, tl.origin_ms, &expected)
-        .into_iter()
-        .flatten()
+    let measured = onsets::measure(&timeline, tl.origin_ms, &expected);
+    let t0 = expected.first().map_or(0.0, |o| o.captured_ms);
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let delays_ms: Vec<(f64, f64)> = expected
+        .iter()
+        .zip(&measured)
+        .filter_map(|(o, d)| d.map(|d| (round(o.captured_ms - t0), round(d))))
         .collect();
+    let found: Vec<f64> = measured.into_iter().flatten().collect();
     let counts = Onsets {
         expected: expected.len(),
         found: found.len(),
         min_ms: found.iter().copied().reduce(f64::min),
+        delays_ms,
     };
     (found, counts)
 }

@@ -24,12 +24,19 @@
 //!   anchor frame (`anchor_capture + (seq - anchor_seq) * frame_ms`, so missing frames still
 //!   get slots) and `offset` is the playout offset, which tracks `baseline + target`.
 //!   The first frame anchors the timeline with `offset = transit + min_delay`, i.e. it plays
-//!   `min_delay` ms after it arrived.
+//!   `min_delay` ms after it arrived. In the stream's first second, a frame faster by a
+//!   frame or more than every one before it restarts the estimate from its own transit (the
+//!   earlier ones came late together — queued while the streams opened, or held up by a
+//!   start-up stall — and their wait says nothing of the path).
 //! * **Smooth adaptation.** The offset only moves when a slot is consumed: it grows by at most
 //!   `frame_ms` per slot (a stretch: the gap between two deadlines becomes up to one frame
-//!   longer, which the caller's audio path fills like an underrun), and shrinks by at most
+//!   longer, which the caller's audio path fills like an underrun). It shrinks fast while
+//!   it exceeds `baseline + target` by more than a frame — by up to half a frame per slot,
+//!   as NetEq's fast accelerate does, so that a start-up backlog (the first frames queued
+//!   while the media streams opened anchor the timeline late) or the delay left by a burst
+//!   is given back within a few slots — and within the last frame of excess by at most
 //!   `SHRINK_SPEED` frames per second of playout (`SHRINK_SPEED · frame_ms²` µs of credit
-//!   per slot, one frame at a time at most). The playout point
+//!   per slot). The playout point
 //!   (`next_seq`) only ever moves forward, so nothing is ever replayed. On a resync (below)
 //!   the offset jumps straight to `baseline + target`: that happens between talk spurts.
 //! * **Slots.** When `deadline(next_seq) <= now`, [`JitterBuffer::poll_playout`] plays the
@@ -69,9 +76,13 @@ use crate::wire::{MediaFormat, MAX_LOOKAHEAD_US};
 /// Weight per arrival of age of a transit sample in the target's percentile (half-life of
 /// about 46 arrivals, a second at 20 ms frames).
 pub const FORGET: f64 = 0.985;
-/// How many frames per second of playout the offset may shrink by: a delay that a burst
+/// How many frames per second of playout the offset may shrink by within the last frame
+/// of excess (beyond that it catches up by half a frame per slot): a delay that a burst
 /// built up is given back within a second or two, never more than one frame at a time.
 pub const SHRINK_SPEED: u64 = 4;
+/// How long after a stream's first frame a much faster frame still restarts the delay
+/// estimate (see [`JitterBuffer::push`]), ms.
+pub const STARTUP_MS: u64 = 1_000;
 /// Upper bound applied to [`JitterConfig::window`].
 pub const MAX_WINDOW: usize = 10_000;
 /// Upper bound applied to [`JitterConfig::capacity`].
@@ -190,6 +201,8 @@ pub struct JitterBuffer {
     cfg: JitterConfig,
     /// `None` until the first frame arrives.
     anchor: Option<Anchor>,
+    /// When the first frame arrived (receiver clock, ms).
+    started_ms: u64,
     /// The next slot to play (u64 so that it can pass `u32::MAX` without overflow).
     next_seq: u64,
     /// Playout offset on the receiver clock: `deadline(seq) = capture(seq) + offset`.
@@ -227,6 +240,7 @@ impl JitterBuffer {
         Self {
             target_ms: cfg.min_delay_ms,
             anchor: None,
+            started_ms: 0,
             next_seq: 0,
             offset_ms: 0,
             shrink_credit_us: 0,
@@ -264,6 +278,7 @@ impl JitterBuffer {
         let seq = u64::from(seq);
         let transit = transit_of(now_ms, capture_ts_ms);
         if self.anchor.is_none() {
+            self.started_ms = now_ms;
             self.record_arrival(transit);
             self.target_ms = self.cfg.min_delay_ms;
             self.anchor = Some(Anchor {
@@ -291,8 +306,32 @@ impl JitterBuffer {
             self.stats.frames_dropped = self.stats.frames_dropped.saturating_add(1);
             return PushOutcome::TooFarAhead;
         }
-        self.record_arrival(transit);
+        let frame = i64::from(self.cfg.frame_ms);
+        let starting = now_ms.saturating_sub(self.started_ms) < STARTUP_MS;
+        if starting
+            && self
+                .baseline()
+                .is_some_and(|b| transit <= b.saturating_sub(frame))
+        {
+            self.restart_from(transit);
+        } else {
+            self.record_arrival(transit);
+        }
         self.store(seq, capture_ts_ms, payload)
+    }
+
+    /// In the stream's first [`STARTUP_MS`]: a frame faster by a frame or more than every
+    /// one before it means those came late together (queued while the streams opened, or
+    /// held up by a start-up stall). Their transits describe that wait, not the path: forget
+    /// them. Before the first slot the timeline starts again from this frame's transit (the
+    /// older frames are due at once); after it, the offset catches up at its fast rate.
+    fn restart_from(&mut self, transit: i64) {
+        self.transits.clear();
+        self.last_transit = None;
+        self.record_arrival(transit);
+        if self.stats.slots() == 0 {
+            self.offset_ms = i128::from(transit) + i128::from(self.target_ms);
+        }
     }
 
     fn store(&mut self, seq: u64, capture_ts_ms: u64, payload: Vec<u8>) -> PushOutcome {
@@ -504,6 +543,13 @@ impl JitterBuffer {
         let desired = i128::from(base) + i128::from(self.target_ms);
         if desired > self.offset_ms {
             self.offset_ms += (desired - self.offset_ms).min(i128::from(frame));
+        } else if desired < self.offset_ms - i128::from(frame) {
+            // More than a frame of backlog: the first frames came late (queued while the
+            // streams opened), or a burst is over. Catch up by up to half a frame per slot
+            // (time compression, as NetEq's fast accelerate), down to one frame of excess;
+            // the last frame goes at the smooth rate.
+            let excess = self.offset_ms - desired - i128::from(frame);
+            self.offset_ms -= excess.min(i128::from(frame / 2).max(1));
         } else if desired < self.offset_ms {
             let allowed = i128::from(self.shrink_credit_us / 1000);
             let dec = (self.offset_ms - desired).min(allowed);
@@ -683,6 +729,37 @@ mod tests {
         assert_eq!(s.transit_buffer.percentile(0.5), Some(8.0));
         assert_eq!(s.mouth_to_ear(0.5), Some(20.5));
         assert!((s.algorithmic_delay_ms - 12.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_late_start_is_caught_up_within_a_few_slots() {
+        // The first five frames arrive at once, the first 80 ms after it was complete (they
+        // waited in a queue while the streams opened); every later one 2 ms after.
+        let mut arrivals = steady(200, 22, 1_000);
+        for a in &mut arrivals[..5] {
+            a.0 = 1_102;
+        }
+        let (jb, out, _) = run(JitterConfig::default(), arrivals, true);
+        let waits: Vec<u64> = out
+            .iter()
+            .filter_map(|(t, p)| match p {
+                Playout::Frame { capture_ts_ms, .. } => Some(t - capture_ts_ms - 20),
+                Playout::Conceal { .. } => None,
+            })
+            .collect();
+        assert!(waits[0] >= 80, "{waits:?}");
+        // The burst's transits are forgotten as the faster frames come (the first frame
+        // plays when it is due on the restarted timeline); then half a frame per slot down
+        // to one frame of excess: under 20 ms after 8 slots, 2 ms + target (5) after a
+        // second.
+        assert!(waits[8] < 20, "{waits:?}");
+        assert!(waits[60..].iter().all(|&w| w == 7), "{waits:?}");
+        // Once playing, shrinking never went faster than half a frame per slot.
+        for w in waits[1..].windows(2) {
+            assert!(w[0] <= w[1] + 10, "{waits:?}");
+        }
+        assert_eq!(jb.stats().frames_concealed, 0);
+        assert!(jb.stats().transit_buffer.percentile(0.95).unwrap_or(99.0) <= 30.0);
     }
 
     #[test]
