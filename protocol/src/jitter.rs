@@ -14,9 +14,9 @@
 //!   every transit and the baseline alike, so it cancels out of every playout decision.
 //! * **Target delay.** `target = clamp(percentile(jitter samples) + margin, min_delay,
 //!   max_delay)` with the configured percentile and `margin = frame_ms / 4`. The percentile
-//!   is weighted: a sample `k` arrivals old weighs `FORGET^k` (half-life about 46
+//!   is weighted: a sample `k` arrivals old weighs `FORGET^k` (half-life about 23
 //!   arrivals), so a burst — a start-up CPU spike, a moment of congestion — stops holding
-//!   the target up a second or two after it ended rather than for the whole window, as
+//!   the target up about a second after it ended rather than for the whole window, as
 //!   NetEq's forgetting histogram does. It is recomputed on every arrival (late arrivals
 //!   included, so lateness grows it at once).
 //! * **Playout timeline.** Slot `seq` is due at
@@ -74,8 +74,9 @@ use crate::stats::StreamStats;
 use crate::wire::{MediaFormat, MAX_LOOKAHEAD_US};
 
 /// Weight per arrival of age of a transit sample in the target's percentile (half-life of
-/// about 46 arrivals, a second at 20 ms frames).
-pub const FORGET: f64 = 0.985;
+/// about 23 arrivals, half a second at 20 ms frames; 0.985, twice that, held the delay of a
+/// stall up for two seconds after it in the 8-person demo).
+pub const FORGET: f64 = 0.97;
 /// How many frames per second of playout the offset may shrink by within the last frame
 /// of excess (beyond that it catches up by half a frame per slot): a delay that a burst
 /// built up is given back within a second or two, never more than one frame at a time.
