@@ -232,3 +232,70 @@ fn hostile_websocket_messages_leave_the_node_and_its_call_alone() {
         "{log}"
     );
 }
+
+#[test]
+fn the_account_is_deleted_only_when_confirmed_and_never_during_a_call() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let app = AppProc::start(dir.path(), &[]);
+    let h = format!(
+        "{}{}Cookie: confab-{}={}\r\n",
+        host(&app),
+        origin(&app),
+        app.port,
+        app.token
+    );
+    // First run, from the API the page uses.
+    let (status, body) = post(&app, "/api/account", &h, &json!({"name": "Ann"}));
+    assert_eq!(status, 200, "{body}");
+    let (_, state) = get(&app, "/api/state", &h);
+    let state: Value = serde_json::from_str(&state).expect("state");
+    assert_eq!(state["account"]["name"], "Ann");
+    let data = dir.path().join("data");
+    assert!(data.join("db").exists());
+    // Not without the word.
+    let (status, body) = post(&app, "/api/account/delete", &h, &json!({"confirm": "yes"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("type the word delete"), "{body}");
+    // Not during a call.
+    let (_, room) = post(&app, "/api/rooms", &h, &json!({}));
+    let room: Value = serde_json::from_str(&room).expect("room");
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let good = format!("http://127.0.0.1:{}", app.port);
+        let mut ws = socket(&app, &app.token, &good).await.expect("socket");
+        next_of(&mut ws, "state").await;
+        let join = json!({"type": "join", "ticket": room["ticket"]}).to_string();
+        ws.send(Message::Text(join.into())).await.expect("join");
+        loop {
+            let v = next_of(&mut ws, "call").await;
+            if v["call"]["status"] == "in call" {
+                break;
+            }
+        }
+        let (status, body) = post(
+            &app,
+            "/api/account/delete",
+            &h,
+            &json!({"confirm": "delete"}),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("leave the call"), "{body}");
+        ws.send(Message::Text("{\"type\":\"leave\"}".into()))
+            .await
+            .expect("leave");
+        next_of(&mut ws, "ended").await;
+    });
+    let (status, body) = post(
+        &app,
+        "/api/account/delete",
+        &h,
+        &json!({"confirm": "delete"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(!data.join("db").exists(), "the store is gone");
+    let (_, state) = get(&app, "/api/state", &h);
+    assert!(
+        state.contains("\"account\":null"),
+        "back to the first run: {state}"
+    );
+}
