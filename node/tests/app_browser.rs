@@ -48,7 +48,7 @@ async fn tile_names(b: &mut Browser) -> Vec<String> {
     serde_json::from_value(v).expect("names")
 }
 
-/// Correlation of what was played with what was sent, per half-second segment of the last
+/// Correlation of what was played with what was sent, per quarter-second segment of the last
 /// `secs` of `heard`, each aligned on its own in `signal` (looped, as the fake microphone
 /// plays it), weighted by the segment's energy; near-silent segments (the signal's pauses)
 /// are left out. Each segment is aligned alone because playout in a browser runs on the
@@ -67,7 +67,7 @@ fn correlation(signal: &[i16], heard: &[i16], secs: f64) -> f64 {
         |x: &[i16]| (x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
     let loud = 0.1 * rms(signal);
     let (mut sum, mut weight) = (0.0, 0.0);
-    for seg in window.chunks_exact(RATE / 2) {
+    for seg in window.chunks_exact(RATE / 4) {
         let e = rms(seg);
         if e < loud {
             continue;

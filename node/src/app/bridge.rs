@@ -31,11 +31,11 @@ pub const MIC_MAX_FRAMES: usize = 6;
 /// What the ring keeps after an overflow (40 ms).
 const MIC_KEEP_FRAMES: usize = 2;
 /// A backlog (audio still waiting after the call took its frame) of at least this much...
-const BACKLOG: usize = FRAME_SAMPLES;
-/// ...for this many frames in a row (1 s) is cut down to [`BACKLOG_KEEP`] at once: the page
+const BACKLOG: usize = 2 * FRAME_SAMPLES;
+/// ...for this many frames in a row (5 s) is cut down to [`BACKLOG_KEEP`] at once: the page
 /// sent a burst (or ran early) and the call would otherwise carry that delay for good.
-const BACKLOG_PULLS: u32 = 50;
-const BACKLOG_KEEP: usize = FRAME_SAMPLES / 2;
+const BACKLOG_PULLS: u32 = 250;
+const BACKLOG_KEEP: usize = FRAME_SAMPLES;
 /// Messages queued toward the page; beyond that, frames are dropped (and counted).
 pub const TO_PAGE_QUEUE: usize = 512;
 
@@ -434,7 +434,7 @@ mod tests {
             ring.pull();
         }
         assert!(
-            ring.buffered_ms() <= 10.0,
+            ring.buffered_ms() <= 20.0,
             "{} ms still waiting",
             ring.buffered_ms()
         );

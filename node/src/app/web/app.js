@@ -230,7 +230,7 @@ class Engine {
 
   async open(opts) {
     if (!this.ctx) {
-      this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: 0 });
+      this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
       await this.ctx.audioWorklet.addModule('/capture-worklet.js');
       await this.ctx.audioWorklet.addModule('/player-worklet.js');
     }

@@ -1,8 +1,7 @@
-// Microphone capture: collects 10 ms (480-sample) chunks of the input at the context's
+// Microphone capture: collects 20 ms (960-sample) frames of the input at the context's
 // rate (the page opens its AudioContext at 48 kHz) and posts each, as 16-bit PCM, with the
-// context time of its first sample. Chunks shorter than the call's 20 ms frames keep the
-// node's frames fresh: each frame the call takes ends at most 10 ms before it is taken.
-const FRAME = 480;
+// context time of its first sample.
+const FRAME = 960;
 
 class ConfabCapture extends AudioWorkletProcessor {
   constructor() {

@@ -9,9 +9,9 @@ const MIN_TARGET = 960; // 20 ms at 48 kHz
 const MAX_TARGET = 3840; // 80 ms
 const STEP = 480; // 10 ms
 const MAX = 7200; // 150 ms
-const TRIM_ABOVE = 960; // 20 ms over the target: a burst came, or the page's clock is slow
-const TRIM = 128; // skip this much audio
-const TRIM_EVERY = 2400; // at most every 50 ms (a speed-up of under 6 %)
+const TRIM_ABOVE = 1920; // 40 ms over the target: the page's clock runs slow; catch up
+const TRIM = 128; // by skipping this much audio
+const TRIM_EVERY = 4800; // at most every 100 ms (a speed-up of under 3 %)
 const REPORT = 2400; // 50 ms
 
 class Slot {
@@ -20,7 +20,7 @@ class Slot {
     this.offset = 0;
     this.queued = 0;
     this.playing = false;
-    this.target = MIN_TARGET;
+    this.target = MIN_TARGET + STEP;
     this.smooth = 0;
     this.sinceTrim = 0;
     this.trimmed = 0;
