@@ -164,7 +164,7 @@ async fn run(dir: &Path) {
     println!("browser-to-browser mouth-to-ear on loopback, {n} clicks (settled):");
     println!("  p50 {p50:.1} ms   p95 {p95:.1} ms   min {min:.1} ms");
     println!("parts (medians, same run):");
-    println!("  page to node (capture of a 10 ms message's last sample to its arrival)       {arrival:.1} ms");
+    println!("  page to node (capture of a message's last sample to its arrival at the node) {arrival:.1} ms");
     println!("  wait in the node's microphone ring                                           {wait:.1} ms");
     println!("  node to node (Bob's node's own figure for Ann's stream)                      {node:.1} ms");
     println!("  node to page (Bob's node plays a frame to Bob's page has it)                  {to_page:.1} ms");
