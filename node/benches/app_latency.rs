@@ -19,7 +19,7 @@ mod browser;
 use std::path::Path;
 use std::time::Duration;
 
-use browser::{create_account, diag_pcm, enter_call, AppProc, Browser};
+use browser::{create_account, create_room, diag_pcm, enter_call, AppProc, Browser};
 use confab_node::media::audio::write_wav;
 
 const RATE: usize = 48_000;
@@ -92,18 +92,9 @@ async fn number(b: &mut Browser, expr: &str) -> f64 {
 async fn run(dir: &Path) {
     let (_app_a, mut a, ann) = member(dir, "Ann", &click_train()).await;
     let (_app_b, mut b, _bob) = member(dir, "Bob", &vec![0; SECS * RATE]).await;
-    a.click("home-create").await;
-    a.wait_for(
-        "!!document.getElementById('home-invite').dataset.ticket",
-        Duration::from_secs(10),
-        "a ticket",
-    )
-    .await;
-    let ticket = a
-        .eval("document.getElementById('home-invite').dataset.ticket")
-        .await;
+    let ticket = create_room(&mut a).await;
     enter_call(&mut a, None).await;
-    enter_call(&mut b, ticket.as_str()).await;
+    enter_call(&mut b, Some(&ticket)).await;
     b.wait_for(
         &format!("!!ui.call.members[{ann:?}]"),
         Duration::from_secs(20),

@@ -29,6 +29,17 @@ fn origin(app: &AppProc) -> String {
     format!("Origin: http://127.0.0.1:{}\r\n", app.port)
 }
 
+/// The headers the page's own requests carry: this app's Host and Origin, the token cookie.
+fn page_headers(app: &AppProc) -> String {
+    format!(
+        "{}{}Cookie: confab-{}={}\r\n",
+        host(app),
+        origin(app),
+        app.port,
+        app.token
+    )
+}
+
 fn post(app: &AppProc, path: &str, headers: &str, body: &Value) -> (u16, String) {
     let body = body.to_string();
     http(
@@ -133,6 +144,18 @@ async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
+/// Joins the room `room` (an answer of `/api/rooms`) over `ws` and waits until in the call.
+async fn join(ws: &mut Ws, room: &Value) {
+    let msg = json!({"type": "join", "ticket": room["ticket"]}).to_string();
+    ws.send(Message::Text(msg.into())).await.expect("join");
+    loop {
+        let v = next_of(ws, "call").await;
+        if v["call"]["status"] == "in call" {
+            return;
+        }
+    }
+}
+
 #[test]
 fn hostile_websocket_messages_leave_the_node_and_its_call_alone() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -153,24 +176,11 @@ fn hostile_websocket_messages_leave_the_node_and_its_call_alone() {
         // A call runs: the room is ours, so it starts at once.
         let mut ctl = socket(&app, &app.token, &good).await.expect("socket");
         next_of(&mut ctl, "state").await;
-        let h = format!(
-            "{}{}Cookie: confab-{}={}\r\n",
-            host(&app),
-            origin(&app),
-            app.port,
-            app.token
-        );
+        let h = page_headers(&app);
         let (status, room) = post(&app, "/api/rooms", &h, &json!({}));
         assert_eq!(status, 200, "{room}");
         let room: Value = serde_json::from_str(&room).expect("room");
-        let join = json!({"type": "join", "ticket": room["ticket"]}).to_string();
-        ctl.send(Message::Text(join.into())).await.expect("join");
-        loop {
-            let v = next_of(&mut ctl, "call").await;
-            if v["call"]["status"] == "in call" {
-                break;
-            }
-        }
+        join(&mut ctl, &room).await;
 
         // Hostile messages on another socket.
         let mut bad = socket(&app, &app.token, &good).await.expect("socket");
@@ -237,13 +247,7 @@ fn hostile_websocket_messages_leave_the_node_and_its_call_alone() {
 fn the_account_is_deleted_only_when_confirmed_and_never_during_a_call() {
     let dir = tempfile::tempdir().expect("tmp");
     let app = AppProc::start(dir.path(), &[]);
-    let h = format!(
-        "{}{}Cookie: confab-{}={}\r\n",
-        host(&app),
-        origin(&app),
-        app.port,
-        app.token
-    );
+    let h = page_headers(&app);
     // First run, from the API the page uses.
     let (status, body) = post(&app, "/api/account", &h, &json!({"name": "Ann"}));
     assert_eq!(status, 200, "{body}");
@@ -264,14 +268,7 @@ fn the_account_is_deleted_only_when_confirmed_and_never_during_a_call() {
         let good = format!("http://127.0.0.1:{}", app.port);
         let mut ws = socket(&app, &app.token, &good).await.expect("socket");
         next_of(&mut ws, "state").await;
-        let join = json!({"type": "join", "ticket": room["ticket"]}).to_string();
-        ws.send(Message::Text(join.into())).await.expect("join");
-        loop {
-            let v = next_of(&mut ws, "call").await;
-            if v["call"]["status"] == "in call" {
-                break;
-            }
-        }
+        join(&mut ws, &room).await;
         let (status, body) = post(
             &app,
             "/api/account/delete",

@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use browser::{create_account, enter_call, played, visible, AppProc, Browser};
+use browser::{create_account, create_room, enter_call, played, visible, AppProc, Browser};
 use confab_node::media::audio::{aligned_correlation, read_wav, test_signal, write_wav};
 use serde_json::Value;
 
@@ -224,19 +224,7 @@ fn two_browsers_and_a_cli_member_hold_a_call() {
 async fn call_scenario(dir: &Path) {
     let mut a = member(dir, "Ann", 1).await;
     let mut b = member(dir, "Bob", 2).await;
-    a.page.click("home-create").await;
-    a.page
-        .wait_for(
-            "!!document.getElementById('home-invite').dataset.ticket",
-            Duration::from_secs(10),
-            "a ticket",
-        )
-        .await;
-    let ticket = a
-        .page
-        .eval("document.getElementById('home-invite').dataset.ticket")
-        .await;
-    let ticket = ticket.as_str().expect("ticket").to_string();
+    let ticket = create_room(&mut a.page).await;
     enter_call(&mut a.page, None).await;
     enter_call(&mut b.page, Some(&ticket)).await;
     let mut cli = start_cli(dir, &ticket);

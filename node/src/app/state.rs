@@ -193,13 +193,7 @@ impl App {
 
     /// First run: creates the account (a new identity key) and starts the node.
     pub async fn create_account(&self, name: &str) -> AppResult<()> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > confab_protocol::wire::MAX_NAME {
-            return Err(format!(
-                "a name is 1 to {} bytes",
-                confab_protocol::wire::MAX_NAME
-            ));
-        }
+        let name = check_name(name)?;
         {
             let mut inner = self.inner.lock().await;
             if inner.store.is_none() {
@@ -218,13 +212,7 @@ impl App {
     }
 
     pub async fn set_name(&self, name: &str) -> AppResult<()> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > confab_protocol::wire::MAX_NAME {
-            return Err(format!(
-                "a name is 1 to {} bytes",
-                confab_protocol::wire::MAX_NAME
-            ));
-        }
+        let name = check_name(name)?;
         Self::store_of(&*self.inner.lock().await)?
             .set_name(name)
             .map_err(text)?;
@@ -502,6 +490,18 @@ impl App {
             node.shutdown().await;
         }
     }
+}
+
+/// A display name, trimmed: 1 to `MAX_NAME` bytes.
+fn check_name(name: &str) -> AppResult<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > confab_protocol::wire::MAX_NAME {
+        return Err(format!(
+            "a name is 1 to {} bytes",
+            confab_protocol::wire::MAX_NAME
+        ));
+    }
+    Ok(name)
 }
 
 /// The addresses a ticket made here names: the node's, loopback last (it only helps on

@@ -373,3 +373,18 @@ pub async fn diag_pcm(b: &mut Browser, expr: &str) -> (Vec<(usize, f64)>, Vec<i1
         .collect();
     (marks, pcm)
 }
+
+/// On the home screen: creates a room and returns its ticket.
+pub async fn create_room(b: &mut Browser) -> String {
+    b.click("home-create").await;
+    b.wait_for(
+        "!!document.getElementById('home-invite').dataset.ticket",
+        Duration::from_secs(10),
+        "a ticket",
+    )
+    .await;
+    let ticket = b
+        .eval("document.getElementById('home-invite').dataset.ticket")
+        .await;
+    ticket.as_str().expect("ticket").to_string()
+}
