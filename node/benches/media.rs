@@ -13,9 +13,8 @@ use confab_node::media::codec::{Decoder, Encoder, EncoderConfig, FRAME_SAMPLES};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 /// Two seconds of the speech-like test signal, as 20 ms frames.
-fn frames() -> Vec<[i16; FRAME_SAMPLES]> {
-    let mut src = FrameSource::new(test_signal(0, 2.0), false);
-    std::iter::from_fn(|| src.next_frame()).collect()
+fn frames() -> Vec<Vec<i16>> {
+    FrameSource::frames(&test_signal(0, 2.0), FRAME_SAMPLES)
 }
 
 /// Small samples and short runs keep the whole bench well under a minute.

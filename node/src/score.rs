@@ -1,14 +1,20 @@
 //! Scoring a call whose members sent the test signals: frames, latency, MOS and the
 //! correlation of what each receiver heard with what each sender sent. Shared by
 //! `confab demo` and the real-NAT testbed.
+//!
+//! Mouth-to-ear is measured on the signal: each sender's test signal carries a chirp train
+//! ([`crate::media::onsets`]) at known capture instants, each receiver lays what it plays
+//! on its playout timeline (`confab call --timeline-dir`), and the chirps found there give
+//! the delay of every one. The timestamp-based figures of the receiver's report are kept
+//! beside it (`mouth_to_ear_timestamps_ms`, and `transit_buffer_ms`, frame complete to
+//! frame played).
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::call::CallReport;
-use crate::media::audio;
-use crate::media::FRAME_SAMPLES;
+use crate::call::{CallReport, ReceivedStream};
+use crate::media::{audio, onsets, FRAME_SAMPLES};
 
 /// Largest delay searched when aligning what was sent with what was heard (100 ms).
 pub const MAX_LAG: usize = 4_800;
@@ -21,16 +27,59 @@ pub struct Latency {
     pub p95: Option<f64>,
 }
 
+impl Latency {
+    /// Nearest-rank median and 95th percentile of `values` (ms, one decimal).
+    pub fn of(values: &[f64]) -> Self {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let pick = |p: f64| {
+            let n = v.len();
+            (n > 0).then(|| {
+                let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+                (v[rank - 1] * 10.0).round() / 10.0
+            })
+        };
+        Self {
+            p50: pick(0.5),
+            p95: pick(0.95),
+        }
+    }
+}
+
+/// The chirps of a pair: how many the sender sent while the receiver was playing it, and
+/// how many were found on the receiver's timeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Onsets {
+    pub expected: usize,
+    pub found: usize,
+    /// The smallest delay found, ms (never below the algorithmic delay: checked).
+    pub min_ms: Option<f64>,
+    /// Capture time of each chirp found, ms after the first one expected, and its delay,
+    /// ms (one decimal): how the delay moved during the call.
+    pub delays_ms: Vec<(f64, f64)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Pair {
     pub from: String,
     pub to: String,
     pub path: String,
+    /// The sender's frame duration, and its algorithmic delay (frame plus look-ahead), ms.
+    pub frame_ms: u8,
+    pub algorithmic_delay_ms: f64,
     pub frames_sent: u64,
     pub frames_received: u64,
     pub frames_lost: u64,
     pub frames_concealed: u64,
+    /// Mouth-to-ear measured on the signal (the chirps' capture instants to where they
+    /// played on the receiver's timeline).
     pub mouth_to_ear_ms: Latency,
+    /// The receiver's own figure from the timestamps (transit and buffer plus frame and
+    /// look-ahead): what `confab call` reports without a known signal.
+    pub mouth_to_ear_timestamps_ms: Latency,
+    /// Frame complete at the sender to frame played (the old "mouth-to-ear").
+    pub transit_buffer_ms: Latency,
+    pub onsets: Onsets,
     pub mos: f64,
     pub correlation: f64,
 }
@@ -45,7 +94,13 @@ pub struct NodeUsage {
 /// Thresholds a pair must meet for the demo to count as working.
 pub const MIN_RECEIVED_SHARE: f64 = 0.95;
 pub const MIN_CORRELATION: f64 = 0.9;
+/// Mouth-to-ear on the signal, 20 ms frames: median and 95th percentile.
 pub const MAX_P50_MS: f64 = 40.0;
+pub const MAX_P95_MS: f64 = 60.0;
+/// Mouth-to-ear on the signal, 10 ms frames: median.
+pub const MAX_P50_MS_10: f64 = 25.0;
+/// Share of the chirps sent that must be found.
+pub const MIN_ONSETS_FOUND: f64 = 0.8;
 
 /// A latency for the tables: `12 ms`, or `-` when there is none.
 pub fn fmt_ms(v: Option<f64>) -> String {
@@ -99,7 +154,7 @@ pub fn score<T>(
     let mut pairs = Vec::new();
     let mut ok = reports.iter().all(Option::is_some);
     let signals: Vec<Vec<i16>> = (0..names.len())
-        .map(|i| audio::test_signal(i, SIGNAL_SECS))
+        .map(|i| onsets::signal_with_chirps(i, SIGNAL_SECS))
         .collect();
     let mut usage = Vec::new();
     for (ri, r) in reports.iter().enumerate() {
@@ -117,25 +172,37 @@ pub fn score<T>(
                 .and_then(|(rx, p)| Some((rx, audio::read_wav(Path::new(p)).ok()?)))
                 .map(|(rx, heard)| {
                     let sig = &signals[si];
-                    let start = rx.first_seq.unwrap_or(0) as usize * FRAME_SAMPLES;
+                    let frame = onsets_frame_samples(rx);
+                    let start = rx.first_seq.unwrap_or(0) as usize * frame;
                     let sent: Vec<i16> = (0..heard.len() + MAX_LAG)
                         .map(|k| sig[(start + k) % sig.len()])
                         .collect();
                     let (correlation, lag) = audio::aligned_correlation(&sent, &heard, MAX_LAG);
                     (correlation, Heard { sent, heard, lag })
                 });
+            let (signal_m2e, onsets) = rx
+                .map(|rx| on_the_signal(s, rx, signals[si].len()))
+                .unwrap_or_default();
             let pair = Pair {
                 from: names[si].clone(),
                 to: names[ri].clone(),
                 path: rx.map_or_else(|| "none".into(), |rx| rx.path.clone()),
+                frame_ms: rx.map_or(s.sending.frame_ms, |rx| rx.frame_ms),
+                algorithmic_delay_ms: rx.map_or(0.0, |rx| rx.algorithmic_delay_ms),
                 frames_sent,
                 frames_received: rx.map_or(0, |rx| rx.frames_received),
                 frames_lost: rx.map_or(0, |rx| rx.frames_lost),
                 frames_concealed: rx.map_or(0, |rx| rx.frames_concealed),
-                mouth_to_ear_ms: Latency {
+                mouth_to_ear_ms: Latency::of(&signal_m2e),
+                mouth_to_ear_timestamps_ms: Latency {
                     p50: rx.and_then(|rx| rx.mouth_to_ear_p50_ms),
                     p95: rx.and_then(|rx| rx.mouth_to_ear_p95_ms),
                 },
+                transit_buffer_ms: Latency {
+                    p50: rx.and_then(|rx| rx.transit_buffer_p50_ms),
+                    p95: rx.and_then(|rx| rx.transit_buffer_p95_ms),
+                },
+                onsets,
                 mos: rx.map_or(1.0, |rx| rx.mos),
                 correlation: heard.as_ref().map_or(0.0, |(c, _)| *c),
             };
@@ -148,10 +215,76 @@ pub fn score<T>(
     (pairs, usage, ok)
 }
 
-/// Whether a pair meets the demo's targets.
+/// Samples per frame of the stream a receiver heard.
+fn onsets_frame_samples(rx: &ReceivedStream) -> usize {
+    if rx.frame_ms == 0 {
+        FRAME_SAMPLES
+    } else {
+        crate::media::codec::frame_samples(rx.frame_ms)
+    }
+}
+
+/// Mouth-to-ear of every chirp of sender `s` found on receiver `rx`'s timeline of it (ms),
+/// and the count. A chirp is expected when its search window lies where the receiver was
+/// playing the sender (between the first and the last sound on the timeline).
+fn on_the_signal(s: &CallReport, rx: &ReceivedStream, signal_len: usize) -> (Vec<f64>, Onsets) {
+    let Some(tl) = rx.timeline.as_ref() else {
+        return (Vec::new(), Onsets::default());
+    };
+    let Ok(timeline) = audio::read_wav(Path::new(&tl.path)) else {
+        return (Vec::new(), Onsets::default());
+    };
+    let frame = crate::media::codec::frame_samples(s.sending.frame_ms.max(1));
+    let sent = s.frames_captured * frame as u64;
+    let all = onsets::onsets(signal_len, sent, s.sending.capture_origin_ms);
+    let first = timeline.iter().position(|&x| x != 0);
+    let last = timeline.iter().rposition(|&x| x != 0);
+    let (Some(first), Some(last)) = (first, last) else {
+        return (Vec::new(), Onsets::default());
+    };
+    let per_ms = crate::media::codec::SAMPLES_PER_MS as f64;
+    let heard_from = tl.origin_ms as f64 + first as f64 / per_ms;
+    let heard_until = tl.origin_ms as f64 + last as f64 / per_ms;
+    let expected: Vec<onsets::Onset> = all
+        .into_iter()
+        .filter(|o| {
+            o.captured_ms >= heard_from
+                && o.captured_ms + onsets::MAX_DELAY_MS as f64 <= heard_until
+        })
+        .collect();
+    let measured = onsets::measure(&timeline, tl.origin_ms, &expected);
+    let t0 = expected.first().map_or(0.0, |o| o.captured_ms);
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let delays_ms: Vec<(f64, f64)> = expected
+        .iter()
+        .zip(&measured)
+        .filter_map(|(o, d)| d.map(|d| (round(o.captured_ms - t0), round(d))))
+        .collect();
+    let found: Vec<f64> = measured.into_iter().flatten().collect();
+    let counts = Onsets {
+        expected: expected.len(),
+        found: found.len(),
+        min_ms: found.iter().copied().reduce(f64::min),
+        delays_ms,
+    };
+    (found, counts)
+}
+
+/// Whether a pair meets the demo's targets: frames, correlation, mouth-to-ear on the signal
+/// (p50 <= 40 ms and p95 <= 60 ms at 20 ms frames, p50 <= 25 ms at 10 ms), enough chirps
+/// found, and none of them earlier than the algorithmic delay allows.
 pub fn pair_ok(p: &Pair) -> bool {
+    let max_p50 = if p.frame_ms == 10 {
+        MAX_P50_MS_10
+    } else {
+        MAX_P50_MS
+    };
     p.frames_sent > 0
         && p.frames_received as f64 >= MIN_RECEIVED_SHARE * p.frames_sent as f64
         && p.correlation >= MIN_CORRELATION
-        && p.mouth_to_ear_ms.p50.is_some_and(|v| v <= MAX_P50_MS)
+        && p.mouth_to_ear_ms.p50.is_some_and(|v| v <= max_p50)
+        && p.mouth_to_ear_ms.p95.is_some_and(|v| v <= MAX_P95_MS)
+        && p.onsets.expected > 0
+        && p.onsets.found as f64 >= MIN_ONSETS_FOUND * p.onsets.expected as f64
+        && p.onsets.min_ms.is_some_and(|m| m >= p.algorithmic_delay_ms)
 }

@@ -22,11 +22,17 @@ fn create_room(dir: &Path) -> String {
 }
 
 fn demo(participants: usize, seconds: u32) -> Value {
+    demo_with(participants, seconds, 20)
+}
+
+fn demo_with(participants: usize, seconds: u32, frame_ms: u8) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_confab"))
         .args(["demo", "--json", "--participants"])
         .arg(participants.to_string())
         .arg("--seconds")
         .arg(seconds.to_string())
+        .arg("--frame-ms")
+        .arg(frame_ms.to_string())
         .output()
         .expect("run demo");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -44,7 +50,16 @@ fn demo(participants: usize, seconds: u32) -> Value {
 }
 
 fn check_demo(v: &Value, n: usize) {
+    check_demo_frames(v, n, 20, 40.0);
+}
+
+/// Every pair: frames, correlation, and mouth-to-ear measured on the signal at most
+/// `max_p50`, p95 at most 60 ms, never below the algorithmic delay (frame plus Opus'
+/// 6.5 ms look-ahead), and the receiver's timestamp figure within 2 ms of it.
+fn check_demo_frames(v: &Value, n: usize, frame_ms: u8, max_p50: f64) {
     assert_eq!(v["participants"], n);
+    assert_eq!(v["frame_ms"], frame_ms);
+    let algo = f64::from(frame_ms) + 6.5;
     let pairs = v["pairs"].as_array().expect("pairs");
     assert_eq!(pairs.len(), n * (n - 1), "{v}");
     for p in pairs {
@@ -53,10 +68,21 @@ fn check_demo(v: &Value, n: usize) {
         assert!(sent > 100.0, "{p}");
         assert!(received >= 0.95 * sent, "{p}");
         assert!(p["correlation"].as_f64().expect("corr") >= 0.9, "{p}");
+        assert!((p["algorithmic_delay_ms"].as_f64().expect("algo") - algo).abs() < 0.1);
+        let p50 = p["mouth_to_ear_ms"]["p50"].as_f64().expect("p50");
+        assert!(p50 <= max_p50, "{p}");
         assert!(
-            p["mouth_to_ear_ms"]["p50"].as_f64().expect("p50") <= 40.0,
+            p["mouth_to_ear_ms"]["p95"].as_f64().expect("p95") <= 60.0,
             "{p}"
         );
+        assert!(p["onsets"]["min_ms"].as_f64().expect("min") >= algo, "{p}");
+        assert!(p["onsets"]["found"].as_u64().expect("found") > 0, "{p}");
+        let stamps = p["mouth_to_ear_timestamps_ms"]["p50"]
+            .as_f64()
+            .expect("p50");
+        assert!(stamps >= algo && (stamps - p50).abs() <= 2.0, "{p}");
+        let tb = p["transit_buffer_ms"]["p50"].as_f64().expect("t+b");
+        assert!((stamps - tb - algo).abs() < 0.01, "{p}");
         assert_eq!(p["path"], "direct");
     }
     assert_eq!(v["ok"], true, "{v}");
@@ -66,6 +92,12 @@ fn check_demo(v: &Value, n: usize) {
 fn demo_three_participants() {
     let _turn = heavy();
     check_demo(&demo(3, 4), 3);
+}
+
+#[test]
+fn demo_three_participants_at_ten_ms_frames() {
+    let _turn = heavy();
+    check_demo_frames(&demo_with(3, 4, 10), 3, 10, 25.0);
 }
 
 #[test]

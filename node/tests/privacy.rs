@@ -785,8 +785,12 @@ fn cbr_frames_on_the_wire_all_have_one_size_and_keep_flowing_in_silence() {
         assert!(frames.len() >= 100, "{what}: only {} frames", frames.len());
         let sizes: BTreeSet<u64> = frames.iter().map(|f| f.0).collect();
         assert_eq!(sizes.len(), 1, "{what}: sizes {sizes:?}");
-        // 18-byte header + padded plaintext (160) + 16-byte tag.
-        assert_eq!(sizes.into_iter().next(), Some(18 + 160 + 16), "{what}");
+        // 21-byte header + padded plaintext (160) + 16-byte tag.
+        assert_eq!(
+            sizes.into_iter().next(),
+            Some(confab_protocol::wire::MEDIA_HEADER_LEN as u64 + 160 + 16),
+            "{what}"
+        );
         // A steady 50 frames/s: no gap of silence on the wire.
         let gaps: Vec<u64> = frames
             .windows(2)

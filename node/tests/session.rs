@@ -297,3 +297,45 @@ async fn a_call_through_an_in_process_relay_is_relayed() {
     nb.shutdown().await;
     relay.shutdown().await.unwrap();
 }
+
+/// One member sends 10 ms frames, the other 20 ms, in the same call: each hears the other
+/// (the receiver follows the sender's frame size), and every mouth-to-ear figure is at least
+/// the sender's algorithmic delay, transit and buffer plus frame plus look-ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_and_twenty_ms_senders_in_one_call() {
+    let (sa, sb) = (secret(), secret());
+    let (na, nb) = (node(sa), node(sb));
+    let t = ticket(&sa, &addrs_of(&na).await);
+    let (a_id, b_id) = (na.peer_id().to_string(), nb.peer_id().to_string());
+    let (_a, mut a_events) = join(&na, &t, "alice", 440.0, Box::new(Discard)).await;
+    let mut ten = CallConfig::new(t.clone(), "bob");
+    ten.frame_ms = 10;
+    let (_b, mut b_events) = nb
+        .start_call(ten, Box::new(source::tone(660.0)), Box::new(Discard))
+        .await
+        .expect("start call");
+    wait_for(&mut a_events, Duration::from_secs(10), admitted(&b_id)).await;
+    wait_for(&mut b_events, Duration::from_secs(10), admitted(&a_id)).await;
+    // Two ticks after both hear something: alice hears bob's 10 ms frames, bob alice's 20.
+    for (events, from, algo) in [(&mut a_events, &b_id, 16.5), (&mut b_events, &a_id, 26.5)] {
+        let mut seen = 0;
+        while seen < 2 {
+            let s = wait_for(events, Duration::from_secs(3), |ev| match ev {
+                CallEvent::Stats(s) => s
+                    .streams
+                    .iter()
+                    .find(|x| &x.from == from && x.frames_played > 20)
+                    .cloned(),
+                _ => None,
+            })
+            .await;
+            let m2e = s.mouth_to_ear_p50_ms.expect("p50");
+            let tb = s.transit_buffer_p50_ms.expect("t+b p50");
+            assert!(m2e >= algo, "{from}: {m2e} < {algo}");
+            assert!((m2e - tb - algo).abs() < 1e-9, "{m2e} = {tb} + {algo}");
+            assert!(s.mouth_to_ear_p95_ms.expect("p95") >= m2e);
+            assert_eq!(s.frames_concealed, 0, "{s:?}");
+            seen += 1;
+        }
+    }
+}

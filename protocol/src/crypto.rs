@@ -29,7 +29,7 @@ use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
-use crate::wire::{MediaFrame, MediaHeader, FLAG_PADDED, MAX_MEDIA_PAYLOAD};
+use crate::wire::{MediaFormat, MediaFrame, MediaHeader, FLAG_PADDED, MAX_MEDIA_PAYLOAD};
 use crate::{RoomId, RoomSecret};
 
 /// The Noise protocol name used on `/confab/room/1`.
@@ -427,6 +427,7 @@ pub struct SenderKey {
     epoch: u32,
     key: MediaKey,
     next_seq: u32,
+    format: MediaFormat,
 }
 
 impl SenderKey {
@@ -437,7 +438,18 @@ impl SenderKey {
             epoch: 0,
             key: MediaKey(key),
             next_seq: 0,
+            format: MediaFormat::default(),
         }
+    }
+
+    /// The frame duration and look-ahead every frame from now on declares (checked).
+    pub fn set_format(&mut self, format: MediaFormat) -> Result<()> {
+        self.format = format.validate()?;
+        Ok(())
+    }
+
+    pub fn format(&self) -> MediaFormat {
+        self.format
     }
 
     pub fn epoch(&self) -> u32 {
@@ -496,6 +508,7 @@ impl SenderKey {
         }
         let header = MediaHeader {
             flags,
+            format: self.format,
             epoch: self.epoch,
             seq,
             capture_ts_ms,
@@ -787,6 +800,31 @@ mod tests {
         assert_eq!(rx.open(&bad), Err(Error::Decrypt));
         // The failed attempts did not burn the sequence number.
         assert!(rx.open(&f2).is_ok());
+    }
+
+    #[test]
+    fn the_media_format_is_carried_and_authenticated() {
+        let mut tx = SenderKey::new(&mut rng(4));
+        let mut rx = ReceiverKeys::new();
+        rx.install(tx.epoch(), tx.key().clone());
+        let ten = MediaFormat {
+            frame_ms: 10,
+            lookahead_us: 2_500,
+        };
+        tx.set_format(ten).expect("a valid format");
+        assert!(tx
+            .set_format(MediaFormat {
+                frame_ms: 7,
+                lookahead_us: 0
+            })
+            .is_err());
+        assert_eq!(tx.format(), ten);
+        let f = tx.encrypt(1000, b"opus", None).expect("encrypt");
+        let mut bad = f.clone();
+        bad.header.format.frame_ms = 20;
+        assert_eq!(rx.open(&bad), Err(Error::Decrypt));
+        let opened = rx.open(&f).expect("open");
+        assert_eq!(opened.header.format, ten);
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //!   every transit and the baseline alike, so it cancels out of every playout decision.
 //! * **Target delay.** `target = clamp(percentile(jitter samples) + margin, min_delay,
 //!   max_delay)` with the configured percentile and `margin = frame_ms / 4`. The percentile
-//!   is weighted: a sample `k` arrivals old weighs `FORGET^k` (half-life about 46
+//!   is weighted: a sample `k` arrivals old weighs `FORGET^k` (half-life about 23
 //!   arrivals), so a burst — a start-up CPU spike, a moment of congestion — stops holding
-//!   the target up a second or two after it ended rather than for the whole window, as
+//!   the target up about a second after it ended rather than for the whole window, as
 //!   NetEq's forgetting histogram does. It is recomputed on every arrival (late arrivals
 //!   included, so lateness grows it at once).
 //! * **Playout timeline.** Slot `seq` is due at
@@ -24,12 +24,19 @@
 //!   anchor frame (`anchor_capture + (seq - anchor_seq) * frame_ms`, so missing frames still
 //!   get slots) and `offset` is the playout offset, which tracks `baseline + target`.
 //!   The first frame anchors the timeline with `offset = transit + min_delay`, i.e. it plays
-//!   `min_delay` ms after it arrived.
+//!   `min_delay` ms after it arrived. In the stream's first second, a frame faster by a
+//!   frame or more than every one before it restarts the estimate from its own transit (the
+//!   earlier ones came late together — queued while the streams opened, or held up by a
+//!   start-up stall — and their wait says nothing of the path).
 //! * **Smooth adaptation.** The offset only moves when a slot is consumed: it grows by at most
 //!   `frame_ms` per slot (a stretch: the gap between two deadlines becomes up to one frame
-//!   longer, which the caller's audio path fills like an underrun), and shrinks by at most
+//!   longer, which the caller's audio path fills like an underrun). It shrinks fast while
+//!   it exceeds `baseline + target` by more than a frame — by up to half a frame per slot,
+//!   as NetEq's fast accelerate does, so that a start-up backlog (the first frames queued
+//!   while the media streams opened anchor the timeline late) or the delay left by a burst
+//!   is given back within a few slots — and within the last frame of excess by at most
 //!   `SHRINK_SPEED` frames per second of playout (`SHRINK_SPEED · frame_ms²` µs of credit
-//!   per slot, one frame at a time at most). The playout point
+//!   per slot). The playout point
 //!   (`next_seq`) only ever moves forward, so nothing is ever replayed. On a resync (below)
 //!   the offset jumps straight to `baseline + target`: that happens between talk spurts.
 //! * **Slots.** When `deadline(next_seq) <= now`, [`JitterBuffer::poll_playout`] plays the
@@ -49,10 +56,13 @@
 //! * **End of stream.** After [`JitterBuffer::finish`], buffered frames still play at their
 //!   deadlines (gaps between them are concealed), but nothing is concealed past the last
 //!   buffered frame, and `poll_timeout` becomes `None` once the buffer is empty.
-//! * **Mouth-to-ear latency** of each played frame is `now - capture_ts` at the poll that
-//!   returns it, i.e. the frame's transit plus its time in the buffer. It is a true
-//!   mouth-to-ear latency only when the two clocks are synchronised (e.g. same host);
-//!   otherwise it carries the clock offset.
+//! * **Latency.** `capture_ts` is the capture time of a frame's first sample, so the frame
+//!   was complete `frame_ms` later. Each played frame records its *transit and buffering*,
+//!   `now - capture_ts - frame_ms` at the poll that returns it; the statistics' mouth-to-ear
+//!   adds the algorithmic delay (`frame_ms` plus the sender's `lookahead_us`) to it, which
+//!   is where the sample captured at `t` is played, minus `t`. Both are true figures only
+//!   when the two clocks are synchronised (e.g. same host); otherwise they carry the clock
+//!   offset (and never fall below the algorithmic delay: negative transits count as 0).
 //! * **Sequence numbers** are treated as monotonically increasing; wrap-around is out of scope
 //!   (the timeline ends after `u32::MAX`, frames older than the playout point are late).
 //!
@@ -61,25 +71,34 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::stats::StreamStats;
+use crate::wire::{MediaFormat, MAX_LOOKAHEAD_US};
 
 /// Weight per arrival of age of a transit sample in the target's percentile (half-life of
-/// about 46 arrivals, a second at 20 ms frames).
-pub const FORGET: f64 = 0.985;
-/// How many frames per second of playout the offset may shrink by: a delay that a burst
+/// about 23 arrivals, half a second at 20 ms frames; 0.985, twice that, held the delay of a
+/// stall up for two seconds after it in the 8-person demo).
+pub const FORGET: f64 = 0.97;
+/// How many frames per second of playout the offset may shrink by within the last frame
+/// of excess (beyond that it catches up by half a frame per slot): a delay that a burst
 /// built up is given back within a second or two, never more than one frame at a time.
 pub const SHRINK_SPEED: u64 = 4;
+/// How long after a stream's first frame a much faster frame still restarts the delay
+/// estimate (see [`JitterBuffer::push`]), ms.
+pub const STARTUP_MS: u64 = 1_000;
 /// Upper bound applied to [`JitterConfig::window`].
 pub const MAX_WINDOW: usize = 10_000;
 /// Upper bound applied to [`JitterConfig::capacity`].
 pub const MAX_CAPACITY: usize = 4_096;
 
 /// Jitter buffer configuration. Out-of-range values are clamped by [`JitterBuffer::new`]
-/// (`frame_ms >= 1`, `max_delay_ms >= min_delay_ms`, `percentile` in `[0, 1]` (NaN → 0.95),
+/// (`frame_ms >= 1`, `lookahead_us <= MAX_LOOKAHEAD_US`, `max_delay_ms >= min_delay_ms`, `percentile` in `[0, 1]` (NaN → 0.95),
 /// `window` in `1..=MAX_WINDOW`, `capacity` in `1..=MAX_CAPACITY`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JitterConfig {
     /// Audio per frame, ms (default 20).
     pub frame_ms: u32,
+    /// The sender's codec look-ahead, µs (default 6 500, Opus'); with `frame_ms` it is the
+    /// stream's algorithmic delay, which the statistics add to transit and buffering.
+    pub lookahead_us: u32,
     /// Lower bound of the target delay, ms (default 5); also the initial target.
     pub min_delay_ms: u32,
     /// Upper bound of the target delay, ms (default 500).
@@ -96,6 +115,7 @@ impl Default for JitterConfig {
     fn default() -> Self {
         Self {
             frame_ms: 20,
+            lookahead_us: 6_500,
             min_delay_ms: 5,
             max_delay_ms: 500,
             percentile: 0.95,
@@ -106,8 +126,18 @@ impl Default for JitterConfig {
 }
 
 impl JitterConfig {
+    /// The default buffer for a stream of `format`.
+    pub fn for_format(format: MediaFormat) -> Self {
+        Self {
+            frame_ms: u32::from(format.frame_ms),
+            lookahead_us: u32::from(format.lookahead_us),
+            ..Self::default()
+        }
+    }
+
     fn sanitized(mut self) -> Self {
         self.frame_ms = self.frame_ms.max(1);
+        self.lookahead_us = self.lookahead_us.min(u32::from(MAX_LOOKAHEAD_US));
         self.max_delay_ms = self.max_delay_ms.max(self.min_delay_ms);
         self.percentile = if self.percentile.is_nan() {
             0.95
@@ -172,6 +202,8 @@ pub struct JitterBuffer {
     cfg: JitterConfig,
     /// `None` until the first frame arrives.
     anchor: Option<Anchor>,
+    /// When the first frame arrived (receiver clock, ms).
+    started_ms: u64,
     /// The next slot to play (u64 so that it can pass `u32::MAX` without overflow).
     next_seq: u64,
     /// Playout offset on the receiver clock: `deadline(seq) = capture(seq) + offset`.
@@ -209,6 +241,7 @@ impl JitterBuffer {
         Self {
             target_ms: cfg.min_delay_ms,
             anchor: None,
+            started_ms: 0,
             next_seq: 0,
             offset_ms: 0,
             shrink_credit_us: 0,
@@ -222,7 +255,10 @@ impl JitterBuffer {
             idle_after,
             idle: false,
             finished: false,
-            stats: StreamStats::default(),
+            stats: StreamStats {
+                algorithmic_delay_ms: f64::from(cfg.frame_ms) + f64::from(cfg.lookahead_us) / 1e3,
+                ..StreamStats::default()
+            },
             cfg,
         }
     }
@@ -243,6 +279,7 @@ impl JitterBuffer {
         let seq = u64::from(seq);
         let transit = transit_of(now_ms, capture_ts_ms);
         if self.anchor.is_none() {
+            self.started_ms = now_ms;
             self.record_arrival(transit);
             self.target_ms = self.cfg.min_delay_ms;
             self.anchor = Some(Anchor {
@@ -270,8 +307,32 @@ impl JitterBuffer {
             self.stats.frames_dropped = self.stats.frames_dropped.saturating_add(1);
             return PushOutcome::TooFarAhead;
         }
-        self.record_arrival(transit);
+        let frame = i64::from(self.cfg.frame_ms);
+        let starting = now_ms.saturating_sub(self.started_ms) < STARTUP_MS;
+        if starting
+            && self
+                .baseline()
+                .is_some_and(|b| transit <= b.saturating_sub(frame))
+        {
+            self.restart_from(transit);
+        } else {
+            self.record_arrival(transit);
+        }
         self.store(seq, capture_ts_ms, payload)
+    }
+
+    /// In the stream's first [`STARTUP_MS`]: a frame faster by a frame or more than every
+    /// one before it means those came late together (queued while the streams opened, or
+    /// held up by a start-up stall). Their transits describe that wait, not the path: forget
+    /// them. Before the first slot the timeline starts again from this frame's transit (the
+    /// older frames are due at once); after it, the offset catches up at its fast rate.
+    fn restart_from(&mut self, transit: i64) {
+        self.transits.clear();
+        self.last_transit = None;
+        self.record_arrival(transit);
+        if self.stats.slots() == 0 {
+            self.offset_ms = i128::from(transit) + i128::from(self.target_ms);
+        }
     }
 
     fn store(&mut self, seq: u64, capture_ts_ms: u64, payload: Vec<u8>) -> PushOutcome {
@@ -441,8 +502,10 @@ impl JitterBuffer {
         let seq32 = u32::try_from(seq).ok()?;
         let out = if let Some(f) = self.frames.remove(&seq) {
             self.stats.frames_played = self.stats.frames_played.saturating_add(1);
-            let m2e = i128::from(now_ms) - i128::from(f.capture_ts_ms);
-            self.stats.latency.record(m2e as f64);
+            // The frame was complete one frame after its first sample was captured.
+            let transit =
+                i128::from(now_ms) - i128::from(f.capture_ts_ms) - i128::from(self.cfg.frame_ms);
+            self.stats.transit_buffer.record(transit as f64);
             self.stats.note_slot(false);
             self.push_history(Slot::Played);
             self.conceal_run = 0;
@@ -481,6 +544,13 @@ impl JitterBuffer {
         let desired = i128::from(base) + i128::from(self.target_ms);
         if desired > self.offset_ms {
             self.offset_ms += (desired - self.offset_ms).min(i128::from(frame));
+        } else if desired < self.offset_ms - i128::from(frame) {
+            // More than a frame of backlog: the first frames came late (queued while the
+            // streams opened), or a burst is over. Catch up by up to half a frame per slot
+            // (time compression, as NetEq's fast accelerate), down to one frame of excess;
+            // the last frame goes at the smooth rate.
+            let excess = self.offset_ms - desired - i128::from(frame);
+            self.offset_ms -= excess.min(i128::from(frame / 2).max(1));
         } else if desired < self.offset_ms {
             let allowed = i128::from(self.shrink_credit_us / 1000);
             let dec = (self.offset_ms - desired).min(allowed);
@@ -625,12 +695,72 @@ mod tests {
         assert_eq!(s.frames_played, 500);
         assert_eq!(s.frames_concealed, 0);
         assert_eq!(s.frames_lost, 0);
-        assert_eq!(s.latency.percentile(0.5), Some(42.0));
-        assert_eq!(s.latency.percentile(0.95), Some(42.0));
+        // Arrived 37 ms after its first sample, played 5 ms later: 22 ms after it was
+        // complete; mouth-to-ear adds the frame and the look-ahead to that.
+        assert_eq!(s.transit_buffer.percentile(0.5), Some(22.0));
+        assert_eq!(s.transit_buffer.percentile(0.95), Some(22.0));
+        assert_eq!(s.mouth_to_ear(0.5), Some(48.5));
         assert_eq!(s.jitter_ms, 0.0);
         assert!(jb.is_drained());
         assert_eq!(jb.poll_timeout(), None);
         assert!(s.mos() > 4.3);
+    }
+
+    #[test]
+    fn ten_ms_frames_play_every_ten_ms_and_count_their_own_delay() {
+        let cfg = JitterConfig::for_format(MediaFormat {
+            frame_ms: 10,
+            lookahead_us: 2_500,
+        });
+        let arrivals: Vec<Arrival> = (0..300u32)
+            .map(|i| {
+                let cap = 5_000 + u64::from(i) * 10;
+                (cap + 13, i, cap)
+            })
+            .collect();
+        let (jb, out, _) = run(cfg, arrivals, true);
+        assert_eq!(out.len(), 300);
+        for w in out.windows(2) {
+            assert_eq!(w[1].0 - w[0].0, 10, "one slot every 10 ms");
+        }
+        let s = jb.stats();
+        assert_eq!(s.frames_concealed, 0);
+        // 13 ms after the first sample, 5 ms in the buffer: 8 ms after the frame was
+        // complete; plus 10 ms of framing and 2.5 ms of look-ahead.
+        assert_eq!(s.transit_buffer.percentile(0.5), Some(8.0));
+        assert_eq!(s.mouth_to_ear(0.5), Some(20.5));
+        assert!((s.algorithmic_delay_ms - 12.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_late_start_is_caught_up_within_a_few_slots() {
+        // The first five frames arrive at once, the first 80 ms after it was complete (they
+        // waited in a queue while the streams opened); every later one 2 ms after.
+        let mut arrivals = steady(200, 22, 1_000);
+        for a in &mut arrivals[..5] {
+            a.0 = 1_102;
+        }
+        let (jb, out, _) = run(JitterConfig::default(), arrivals, true);
+        let waits: Vec<u64> = out
+            .iter()
+            .filter_map(|(t, p)| match p {
+                Playout::Frame { capture_ts_ms, .. } => Some(t - capture_ts_ms - 20),
+                Playout::Conceal { .. } => None,
+            })
+            .collect();
+        assert!(waits[0] >= 80, "{waits:?}");
+        // The burst's transits are forgotten as the faster frames come (the first frame
+        // plays when it is due on the restarted timeline); then half a frame per slot down
+        // to one frame of excess: under 20 ms after 8 slots, 2 ms + target (5) after a
+        // second.
+        assert!(waits[8] < 20, "{waits:?}");
+        assert!(waits[60..].iter().all(|&w| w == 7), "{waits:?}");
+        // Once playing, shrinking never went faster than half a frame per slot.
+        for w in waits[1..].windows(2) {
+            assert!(w[0] <= w[1] + 10, "{waits:?}");
+        }
+        assert_eq!(jb.stats().frames_concealed, 0);
+        assert!(jb.stats().transit_buffer.percentile(0.95).unwrap_or(99.0) <= 30.0);
     }
 
     #[test]
@@ -693,9 +823,9 @@ mod tests {
         assert_eq!(out.len() as u64, u64::from(n));
         assert_eq!(s.frames_played + s.frames_late, u64::from(n));
         assert!(s.jitter_ms > 5.0 && s.jitter_ms < 30.0, "{}", s.jitter_ms);
-        // p95 mouth-to-ear is about base + p95 jitter + margin
-        let p95 = s.latency.percentile(0.95).unwrap_or(0.0);
-        assert!((85.0..=110.0).contains(&p95), "p95 {p95}");
+        // p95 mouth-to-ear is about base + p95 jitter + margin, plus the look-ahead
+        let p95 = s.mouth_to_ear(0.95).unwrap_or(0.0);
+        assert!((91.5..=116.5).contains(&p95), "p95 {p95}");
     }
 
     #[test]
@@ -873,6 +1003,7 @@ mod tests {
     fn bad_config_is_sanitized() {
         let mut jb = JitterBuffer::new(JitterConfig {
             frame_ms: 0,
+            lookahead_us: u32::MAX,
             min_delay_ms: 100,
             max_delay_ms: 10,
             percentile: f64::NAN,
@@ -880,6 +1011,7 @@ mod tests {
             capacity: 0,
         });
         assert_eq!(jb.config().frame_ms, 1);
+        assert_eq!(jb.config().lookahead_us, u32::from(MAX_LOOKAHEAD_US));
         assert_eq!(jb.config().capacity, 1);
         assert_eq!(jb.push(0, 0, 0, vec![]), PushOutcome::Accepted);
         assert_eq!(jb.push(0, 1, 0, vec![]), PushOutcome::TooFarAhead);

@@ -38,8 +38,8 @@ use crate::crypto::{
 };
 use crate::error::{Error, Result};
 use crate::wire::{
-    dialable_addrs, plausible_peer_id, Control, MediaFrame, PeerInfo, RejectReason, RoomFrame,
-    MAX_ADDRS, MAX_CHAT, MAX_MEMBERS, MAX_NAME,
+    dialable_addrs, plausible_peer_id, Control, MediaFormat, MediaFrame, PeerInfo, RejectReason,
+    RoomFrame, MAX_ADDRS, MAX_CHAT, MAX_MEMBERS, MAX_NAME,
 };
 use crate::{RoomId, RoomSecret};
 
@@ -988,6 +988,11 @@ impl Room {
     /// Updates the addresses announced to members admitted from now on.
     pub fn set_addrs(&mut self, addrs: Vec<String>) {
         self.cfg.addrs = addrs;
+    }
+
+    /// The frame duration and codec look-ahead our media frames declare from now on.
+    pub fn set_media_format(&mut self, format: MediaFormat) -> Result<()> {
+        self.sender.set_format(format)
     }
 
     /// Encrypts one media payload once, for every member. Returns the encoded frame.

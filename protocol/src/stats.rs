@@ -241,8 +241,13 @@ pub struct StreamStats {
     pub loss_runs: u64,
     /// Whether the last slot passed was missed (so the next missed slot extends the run).
     pub in_loss_run: bool,
-    /// Mouth-to-ear latency (playout time - capture timestamp) of played frames.
-    pub latency: LatencyHistogram,
+    /// Transit and buffering of played frames: playout time minus the time the frame was
+    /// complete at the sender (its capture timestamp, which is that of its first sample,
+    /// plus one frame). Negative values (clocks apart) count as 0.
+    pub transit_buffer: LatencyHistogram,
+    /// The stream's algorithmic delay, ms: frame duration plus the sender's codec
+    /// look-ahead. Mouth-to-ear is `transit_buffer` plus this, so never below it.
+    pub algorithmic_delay_ms: f64,
     /// RFC 3550 interarrival jitter estimate, in ms.
     pub jitter_ms: f64,
 }
@@ -292,8 +297,20 @@ impl StreamStats {
 
     /// E-model MOS from the median mouth-to-ear latency (0 if nothing played yet), the loss
     /// ratio (late included) and the burst ratio.
+    /// Mouth-to-ear percentile `p`, ms: the transit-and-buffer percentile plus the
+    /// algorithmic delay (the same constant for every frame, so it commutes with the
+    /// percentile). What the sample captured at `t` is played at, minus `t`, on one clock.
+    pub fn mouth_to_ear(&self, p: f64) -> Option<f64> {
+        let algo = sanitize_delay(self.algorithmic_delay_ms);
+        self.transit_buffer.percentile(p).map(|v| v + algo)
+    }
+
+    /// E-model MOS from the median mouth-to-ear delay (algorithmic delay included) and the
+    /// loss. With no frame played yet, the delay is the algorithmic delay alone.
     pub fn mos(&self) -> f64 {
-        let delay = self.latency.percentile(0.5).unwrap_or(0.0);
+        let delay = self
+            .mouth_to_ear(0.5)
+            .unwrap_or(sanitize_delay(self.algorithmic_delay_ms));
         emodel_mos(delay, self.loss_ratio(), self.burst_ratio())
     }
 
@@ -305,8 +322,10 @@ impl StreamStats {
             frames_late: self.frames_late,
             frames_concealed: self.frames_concealed,
             frames_played: self.frames_played,
-            mouth_to_ear_p50_ms: self.latency.percentile(0.5),
-            mouth_to_ear_p95_ms: self.latency.percentile(0.95),
+            mouth_to_ear_p50_ms: self.mouth_to_ear(0.5),
+            mouth_to_ear_p95_ms: self.mouth_to_ear(0.95),
+            transit_buffer_p50_ms: self.transit_buffer.percentile(0.5),
+            transit_buffer_p95_ms: self.transit_buffer.percentile(0.95),
             jitter_ms: self.jitter_ms,
             mos: self.mos(),
         }
@@ -333,8 +352,12 @@ pub struct StatsSnapshot {
     pub frames_late: u64,
     pub frames_concealed: u64,
     pub frames_played: u64,
+    /// Mouth-to-ear percentiles: transit and buffer plus the algorithmic delay.
     pub mouth_to_ear_p50_ms: Option<f64>,
     pub mouth_to_ear_p95_ms: Option<f64>,
+    /// Frame complete at the sender to frame played, percentiles.
+    pub transit_buffer_p50_ms: Option<f64>,
+    pub transit_buffer_p95_ms: Option<f64>,
     pub jitter_ms: f64,
     pub mos: f64,
 }
@@ -480,15 +503,37 @@ mod tests {
         // 10 runs of 1: BurstR = 0.9 (slightly "better than random")
         s.loss_runs = 10;
         assert!(close(s.burst_ratio(), 0.9, 1e-12));
-        s.latency.record(30.0);
+        s.transit_buffer.record(30.0);
+        s.algorithmic_delay_ms = 26.5;
         let snap = s.snapshot();
-        assert_eq!(snap.mouth_to_ear_p50_ms, Some(30.0));
+        assert_eq!(snap.transit_buffer_p50_ms, Some(30.0));
+        assert_eq!(snap.mouth_to_ear_p50_ms, Some(56.5));
         assert_eq!(snap.frames_concealed, 10);
+        // The MOS is that of the honest delay, not of the transit alone.
         assert!(close(
             snap.mos,
-            emodel_mos(30.0, 0.1, s.burst_ratio()),
+            emodel_mos(56.5, 0.1, s.burst_ratio()),
             1e-12
         ));
+        assert!(snap.mos < emodel_mos(30.0, 0.1, s.burst_ratio()));
+    }
+
+    #[test]
+    fn mouth_to_ear_is_never_below_the_algorithmic_delay() {
+        for algo in [12.5, 26.5, 46.5] {
+            let mut s = StreamStats {
+                algorithmic_delay_ms: algo,
+                ..StreamStats::default()
+            };
+            assert_eq!(s.mouth_to_ear(0.5), None);
+            for v in [-50.0, f64::NAN, 0.0, 0.2, 3.0, 700.0] {
+                s.transit_buffer.record(v);
+            }
+            for p in [0.0, 0.05, 0.5, 0.95, 1.0] {
+                let m = s.mouth_to_ear(p).unwrap_or(0.0);
+                assert!(m >= algo, "p{p}: {m} < {algo}");
+            }
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@
 
 use crate::error::{Error, Result};
 
-/// Version byte of every control message and media frame defined here.
+/// Version byte of every room frame and control message defined here.
 pub const VERSION: u8 = 1;
+/// Version byte of media frames: 2 since the header carries the frame duration and the
+/// codec's look-ahead (version 1 had neither and is refused).
+pub const MEDIA_VERSION: u8 = 2;
 /// Largest room-stream frame body (after the 2-byte length prefix).
 pub const MAX_ROOM_FRAME: usize = 16 * 1024;
 /// Largest media frame (header + ciphertext + tag), after the 2-byte length prefix.
@@ -33,7 +36,11 @@ pub const MAX_MEMBERS: usize = 64;
 /// Longest chat message, in bytes of UTF-8.
 pub const MAX_CHAT: usize = 2000;
 /// Length of the cleartext media header.
-pub const MEDIA_HEADER_LEN: usize = 18;
+pub const MEDIA_HEADER_LEN: usize = 21;
+/// Frame durations a media header may declare, ms (Opus frame sizes from 10 ms up).
+pub const FRAME_DURATIONS_MS: [u8; 4] = [10, 20, 40, 60];
+/// Largest codec look-ahead a media header may declare, µs (Opus' is 2.5 or 6.5 ms).
+pub const MAX_LOOKAHEAD_US: u16 = 20_000;
 /// Length of the ChaCha20-Poly1305 / Noise authentication tag.
 pub const TAG_LEN: usize = 16;
 /// Shortest Noise handshake message body: message 1 is a bare 32-byte ephemeral key, and
@@ -600,16 +607,60 @@ fn read_bool(r: &mut Reader<'_>) -> Result<bool> {
     }
 }
 
+/// How a sender's audio is framed: the duration of one frame and its encoder's look-ahead.
+/// Together they are the algorithmic delay of the stream (the first sample of a frame waits
+/// `frame_ms` for the frame to fill, every sample `lookahead_us` more in the encoder), the
+/// floor under any honest mouth-to-ear figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaFormat {
+    /// Audio per frame, ms: one of [`FRAME_DURATIONS_MS`].
+    pub frame_ms: u8,
+    /// The encoder's look-ahead, µs (at most [`MAX_LOOKAHEAD_US`]).
+    pub lookahead_us: u16,
+}
+
+impl Default for MediaFormat {
+    /// 20 ms frames, Opus' 6.5 ms look-ahead (2.5 ms of CELT overlap and 4 ms of delay
+    /// compensation in its VoIP and audio modes).
+    fn default() -> Self {
+        Self {
+            frame_ms: 20,
+            lookahead_us: 6_500,
+        }
+    }
+}
+
+impl MediaFormat {
+    /// Checks the bounds: a supported frame duration, a look-ahead within the limit.
+    pub fn validate(self) -> Result<Self> {
+        if !FRAME_DURATIONS_MS.contains(&self.frame_ms) {
+            return Err(Error::Malformed("media frame duration"));
+        }
+        if self.lookahead_us > MAX_LOOKAHEAD_US {
+            return Err(Error::Malformed("media look-ahead"));
+        }
+        Ok(self)
+    }
+
+    /// The algorithmic delay of this format, ms: frame duration plus look-ahead.
+    pub fn algorithmic_delay_ms(self) -> f64 {
+        f64::from(self.frame_ms) + f64::from(self.lookahead_us) / 1000.0
+    }
+}
+
 /// Cleartext header of a media frame; authenticated as associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MediaHeader {
     /// Bit 0: the plaintext is padded to a constant size (CBR mode).
     pub flags: u8,
+    /// Frame duration and codec look-ahead of this sender's stream.
+    pub format: MediaFormat,
     /// The sender's key epoch this frame is encrypted under.
     pub epoch: u32,
     /// Frame sequence number, +1 per frame, per sender.
     pub seq: u32,
-    /// The sender's capture time of the first sample, in ms on the sender's clock.
+    /// The sender's capture time of the frame's first sample, in ms on the sender's clock
+    /// (the frame is complete `format.frame_ms` later).
     pub capture_ts_ms: u64,
 }
 
@@ -618,25 +669,35 @@ pub const FLAG_PADDED: u8 = 0x01;
 impl MediaHeader {
     pub fn encode(&self) -> [u8; MEDIA_HEADER_LEN] {
         let mut out = [0u8; MEDIA_HEADER_LEN];
-        out[0] = VERSION;
+        out[0] = MEDIA_VERSION;
         out[1] = self.flags;
-        out[2..6].copy_from_slice(&self.epoch.to_be_bytes());
-        out[6..10].copy_from_slice(&self.seq.to_be_bytes());
-        out[10..18].copy_from_slice(&self.capture_ts_ms.to_be_bytes());
+        out[2] = self.format.frame_ms;
+        out[3..5].copy_from_slice(&self.format.lookahead_us.to_be_bytes());
+        out[5..9].copy_from_slice(&self.epoch.to_be_bytes());
+        out[9..13].copy_from_slice(&self.seq.to_be_bytes());
+        out[13..21].copy_from_slice(&self.capture_ts_ms.to_be_bytes());
         out
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self> {
         let version = r.u8()?;
-        if version != VERSION {
+        if version != MEDIA_VERSION {
             return Err(Error::UnsupportedVersion(version));
         }
         let flags = r.u8()?;
         if flags & !FLAG_PADDED != 0 {
             return Err(Error::Malformed("media flags"));
         }
+        let frame_ms = r.u8()?;
+        let lookahead_us = r.u16()?;
+        let format = MediaFormat {
+            frame_ms,
+            lookahead_us,
+        }
+        .validate()?;
         Ok(Self {
             flags,
+            format,
             epoch: r.u32()?,
             seq: r.u32()?,
             capture_ts_ms: r.u64()?,
@@ -746,8 +807,9 @@ mod tests {
         }
 
         #[test]
-        fn media_roundtrip(flags in 0u8..2, epoch: u32, seq: u32, ts: u64, ct in proptest::collection::vec(any::<u8>(), MIN_MEDIA_CIPHERTEXT..1400)) {
-            let frame = MediaFrame { header: MediaHeader { flags, epoch, seq, capture_ts_ms: ts }, ciphertext: ct };
+        fn media_roundtrip(flags in 0u8..2, frame in 0usize..4, lookahead_us in 0..=MAX_LOOKAHEAD_US, epoch: u32, seq: u32, ts: u64, ct in proptest::collection::vec(any::<u8>(), MIN_MEDIA_CIPHERTEXT..1400)) {
+            let format = MediaFormat { frame_ms: FRAME_DURATIONS_MS[frame], lookahead_us };
+            let frame = MediaFrame { header: MediaHeader { flags, format, epoch, seq, capture_ts_ms: ts }, ciphertext: ct };
             prop_assert_eq!(MediaFrame::decode(&frame.encode()), Ok(frame));
         }
 
@@ -791,6 +853,7 @@ mod tests {
         assert!(MediaFrame::decode(&[]).is_err());
         let header = MediaHeader {
             flags: 0,
+            format: MediaFormat::default(),
             epoch: 0,
             seq: 0,
             capture_ts_ms: 0,
@@ -803,6 +866,41 @@ mod tests {
         assert!(MediaFrame::decode(&ok).is_ok());
         assert!(Control::decode(&[]).is_err());
         assert!(Control::decode(&[VERSION]).is_err());
+    }
+
+    #[test]
+    fn media_formats_out_of_bounds_and_old_versions_are_refused() {
+        let good = MediaHeader {
+            flags: 0,
+            format: MediaFormat {
+                frame_ms: 10,
+                lookahead_us: 2_500,
+            },
+            epoch: 1,
+            seq: 2,
+            capture_ts_ms: 3,
+        };
+        let frame = |h: [u8; MEDIA_HEADER_LEN]| [&h[..], &[0; MIN_MEDIA_CIPHERTEXT]].concat();
+        assert_eq!(
+            MediaFrame::decode(&frame(good.encode())).map(|f| f.header),
+            Ok(good)
+        );
+        for frame_ms in [0u8, 5, 15, 30, 80, 255] {
+            let mut h = good.encode();
+            h[2] = frame_ms;
+            assert!(MediaFrame::decode(&frame(h)).is_err(), "{frame_ms} ms");
+        }
+        let mut h = good.encode();
+        h[3..5].copy_from_slice(&(MAX_LOOKAHEAD_US + 1).to_be_bytes());
+        assert!(MediaFrame::decode(&frame(h)).is_err(), "look-ahead");
+        let mut h = good.encode();
+        h[0] = 1;
+        assert_eq!(
+            MediaFrame::decode(&frame(h)),
+            Err(Error::UnsupportedVersion(1))
+        );
+        assert!((MediaFormat::default().algorithmic_delay_ms() - 26.5).abs() < 1e-9);
+        assert!(good.format.validate().is_ok());
     }
 
     #[test]

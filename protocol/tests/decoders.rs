@@ -17,7 +17,10 @@ use blake2::{Blake2s256, Digest};
 use confab_protocol::crypto::Identity;
 use confab_protocol::room::{Room, RoomConfig};
 use confab_protocol::ticket::Ticket;
-use confab_protocol::wire::{Control, MediaFrame, MediaHeader, PeerInfo, RejectReason, RoomFrame};
+use confab_protocol::wire::{
+    Control, MediaFormat, MediaFrame, MediaHeader, PeerInfo, RejectReason, RoomFrame,
+    FRAME_DURATIONS_MS, MAX_LOOKAHEAD_US,
+};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use rand::SeedableRng;
@@ -140,23 +143,30 @@ fn room_frame() -> impl Strategy<Value = Vec<u8>> {
 fn media_frame() -> impl Strategy<Value = Vec<u8>> {
     (
         0u8..2,
+        (0usize..FRAME_DURATIONS_MS.len(), 0..=MAX_LOOKAHEAD_US),
         any::<u32>(),
         any::<u32>(),
         any::<u64>(),
         proptest::collection::vec(any::<u8>(), 0..1500),
     )
-        .prop_map(|(flags, epoch, seq, capture_ts_ms, ciphertext)| {
-            MediaFrame {
-                header: MediaHeader {
-                    flags,
-                    epoch,
-                    seq,
-                    capture_ts_ms,
-                },
-                ciphertext,
-            }
-            .encode()
-        })
+        .prop_map(
+            |(flags, (frame, lookahead_us), epoch, seq, capture_ts_ms, ciphertext)| {
+                MediaFrame {
+                    header: MediaHeader {
+                        flags,
+                        format: MediaFormat {
+                            frame_ms: FRAME_DURATIONS_MS[frame],
+                            lookahead_us,
+                        },
+                        epoch,
+                        seq,
+                        capture_ts_ms,
+                    },
+                    ciphertext,
+                }
+                .encode()
+            },
+        )
 }
 
 /// A ticket body with a valid checksum, so that decoding gets past the checksum.

@@ -7,7 +7,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use confab_protocol::crypto::{MediaKey, ReceiverKeys};
 use confab_protocol::jitter::{JitterBuffer, JitterConfig, PushOutcome};
-use confab_protocol::wire::{MediaFrame, MediaHeader};
+use confab_protocol::wire::{MediaFormat, MediaFrame, MediaHeader};
 use proptest::prelude::*;
 
 const KEY: [u8; 32] = [7; 32];
@@ -16,6 +16,7 @@ const KEY: [u8; 32] = [7; 32];
 fn seal(epoch: u32, seq: u32, payload: &[u8]) -> MediaFrame {
     let header = MediaHeader {
         flags: 0,
+        format: MediaFormat::default(),
         epoch,
         seq,
         capture_ts_ms: u64::from(seq) * 20,

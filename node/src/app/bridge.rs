@@ -168,13 +168,22 @@ impl MicRing {
     /// The next 20 ms frame, or silence when the page has not sent enough.
     pub fn pull(&mut self) -> [i16; FRAME_SAMPLES] {
         let mut frame = [0i16; FRAME_SAMPLES];
-        if !self.primed && self.buf.len() >= FRAME_SAMPLES + FRAME_SAMPLES / 2 {
+        self.pull_into(&mut frame);
+        frame
+    }
+
+    /// Fills `frame` (one frame of the call, 10 or 20 ms) with the next samples, or with
+    /// silence when the page has not sent enough.
+    pub fn pull_into(&mut self, frame: &mut [i16]) {
+        frame.fill(0);
+        let n = frame.len();
+        if !self.primed && self.buf.len() >= n + n / 2 {
             self.primed = true;
         }
-        if self.primed && self.buf.len() >= FRAME_SAMPLES {
+        if self.primed && self.buf.len() >= n {
             let waiting = self.buffered_ms();
             self.counters.wait_ms = self.waits.push(waiting);
-            for (dst, src) in frame.iter_mut().zip(self.buf.drain(..FRAME_SAMPLES)) {
+            for (dst, src) in frame.iter_mut().zip(self.buf.drain(..n)) {
                 *dst = src;
             }
             self.cut_backlog();
@@ -184,7 +193,6 @@ impl MicRing {
             }
             self.primed = false;
         }
-        frame
     }
 
     fn cut_backlog(&mut self) {
@@ -307,8 +315,9 @@ impl MediaLink {
 pub struct BrowserSource(pub Arc<MediaLink>);
 
 impl AudioSource for BrowserSource {
-    fn next_frame(&mut self) -> Option<[i16; FRAME_SAMPLES]> {
-        Some(lock(&self.0.mic).pull())
+    fn next_frame(&mut self, out: &mut [i16]) -> bool {
+        lock(&self.0.mic).pull_into(out);
+        true
     }
 }
 

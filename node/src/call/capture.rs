@@ -8,21 +8,41 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tracing::warn;
 
+use confab_protocol::wire::MediaFormat;
+
 use super::error::CallError;
-use super::report::SentStream;
+use super::report::{Sending, SentStream};
 use crate::clock::Instant;
-use crate::media::codec::{Encoder, EncoderConfig, FRAME_MS};
-use crate::media::{AudioSource, FRAME_SAMPLES};
+use crate::media::codec::{Encoder, EncoderConfig, Mode};
+use crate::media::AudioSource;
 
 /// Plaintext size every media frame is padded to in constant-bitrate mode.
 pub const CBR_PAD: usize = 160;
-const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
 
 /// One encoded frame, ready to encrypt.
 pub struct Packet {
     /// When its first sample was captured, ms since the Unix epoch.
     pub capture_ts_ms: u64,
     pub opus: Vec<u8>,
+}
+
+/// How our audio is encoded: frame duration, Opus mode, constant bitrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendConfig {
+    /// 10 or 20 ms (default 20).
+    pub frame_ms: u8,
+    pub mode: Mode,
+    pub cbr: bool,
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        Self {
+            frame_ms: 20,
+            mode: Mode::Audio,
+            cbr: false,
+        }
+    }
 }
 
 /// The sending side of a call.
@@ -32,7 +52,12 @@ pub struct Capture {
     pub muted: bool,
     /// False once we stopped sending (leaving).
     pub sending: bool,
-    started_ms: u64,
+    /// Capture time of the stream's first sample, ms since the Unix epoch: the frame taken
+    /// at the capture tick `k` (at `started + k` frames) holds the samples of the frame
+    /// before the tick, as a microphone's would, so its first sample is `origin + k` frames.
+    origin_ms: u64,
+    frame: Duration,
+    pcm: Vec<i16>,
     next_capture: Instant,
     pub frames_captured: u64,
     dump: Option<std::io::BufWriter<std::fs::File>>,
@@ -41,19 +66,23 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Capture starts at `now` (wall clock `started_ms`).
+    /// Capture starts at `now` (wall clock `started_ms`): the first frame is taken then.
     pub fn new(
         source: Box<dyn AudioSource>,
-        cbr: bool,
+        send: SendConfig,
         dump_opus: Option<&Path>,
         now: Instant,
         started_ms: u64,
     ) -> Result<Self, CallError> {
         let encoder = Encoder::new(&EncoderConfig {
-            cbr,
+            frame_ms: send.frame_ms,
+            mode: send.mode,
+            cbr: send.cbr,
             dtx: false,
             ..EncoderConfig::default()
         })?;
+        let cbr = send.cbr;
+        let pcm = vec![0; encoder.frame_samples()];
         let dump = match dump_opus {
             Some(path) => Some(std::io::BufWriter::new(
                 std::fs::File::create(path).map_err(|e| CallError::Output {
@@ -68,7 +97,9 @@ impl Capture {
             encoder,
             muted: false,
             sending: true,
-            started_ms,
+            origin_ms: started_ms.saturating_sub(u64::from(send.frame_ms)),
+            frame: Duration::from_millis(u64::from(send.frame_ms)),
+            pcm,
             next_capture: now,
             frames_captured: 0,
             dump,
@@ -81,6 +112,21 @@ impl Capture {
         self.source = source;
     }
 
+    /// What our frames declare: frame duration and the encoder's look-ahead.
+    pub fn format(&self) -> MediaFormat {
+        self.encoder.format()
+    }
+
+    /// Our stream's timing, for the report.
+    pub fn sending_report(&self) -> Sending {
+        let f = self.format();
+        Sending {
+            frame_ms: f.frame_ms,
+            lookahead_us: f.lookahead_us,
+            capture_origin_ms: self.origin_ms,
+        }
+    }
+
     /// When the next frame is due, while sending.
     pub fn next_wake(&self) -> Option<Instant> {
         self.sending.then_some(self.next_capture)
@@ -90,15 +136,18 @@ impl Capture {
     /// its pace, and the others hear the call fall silent rather than break off).
     pub fn due(&mut self, now: Instant) -> Result<Vec<Packet>, CallError> {
         let mut out = Vec::new();
+        let frame_ms = u64::from(self.encoder.config().frame_ms);
         while self.sending && now >= self.next_capture {
-            let capture_ts_ms = self.started_ms + self.frames_captured * u64::from(FRAME_MS);
-            self.next_capture += FRAME;
-            let Some(pcm) = self.source.next_frame() else {
+            let capture_ts_ms = self.origin_ms + self.frames_captured * frame_ms;
+            self.next_capture += self.frame;
+            if !self.source.next_frame(&mut self.pcm) {
                 break;
-            };
-            let pcm = if self.muted { [0; FRAME_SAMPLES] } else { pcm };
+            }
+            if self.muted {
+                self.pcm.fill(0);
+            }
             self.frames_captured += 1;
-            let opus = self.encoder.encode(&pcm)?;
+            let opus = self.encoder.encode(&self.pcm)?;
             self.dump(&opus);
             out.push(Packet {
                 capture_ts_ms,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::CallError;
 use super::policy::Path;
-use super::report::{ReceivedStream, SentStream};
+use super::report::{ReceivedStream, Sending, SentStream};
 
 /// One remote sender's statistics at a tick.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,8 +20,12 @@ pub struct StreamStats {
     pub frames_concealed: u64,
     pub frames_played: u64,
     pub jitter_ms: f64,
+    /// Mouth-to-ear from the timestamps (transit and buffer plus frame and look-ahead).
     pub mouth_to_ear_p50_ms: Option<f64>,
     pub mouth_to_ear_p95_ms: Option<f64>,
+    /// Frame complete at the sender to frame played.
+    pub transit_buffer_p50_ms: Option<f64>,
+    pub transit_buffer_p95_ms: Option<f64>,
     pub mos: f64,
     /// Level of what was played from this sender over the last tick, dBFS (-100 for silence).
     pub level_dbfs: f64,
@@ -48,6 +52,8 @@ pub struct CallEnd {
     /// Why the call ended early, if it did (a refusal, nobody reachable, ...).
     pub error: Option<CallError>,
     pub frames_captured: u64,
+    /// Our own stream's timing.
+    pub sending: Sending,
     pub sent: BTreeMap<String, SentStream>,
     /// Every sender heard during the call, the ones that left included.
     pub received: Vec<ReceivedStream>,

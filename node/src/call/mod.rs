@@ -30,5 +30,7 @@ pub use error::{CallError, RelayFailure};
 pub use events::{CallEnd, CallEvent, CallStats, StreamStats};
 pub use handle::{CallCommand, CallEvents, CallHandle};
 pub use policy::Path;
-pub use report::{CallReport, ReceivedStream, ReportBuilder, RosterEvent, SentStream};
+pub use report::{
+    CallReport, ReceivedStream, ReportBuilder, RosterEvent, Sending, SentStream, TimelineFile,
+};
 pub use session::CallConfig;

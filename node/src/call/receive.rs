@@ -2,14 +2,14 @@
 
 use confab_protocol::crypto::OpenedFrame;
 use confab_protocol::jitter::{JitterBuffer, JitterConfig, Playout};
+use confab_protocol::wire::MediaFormat;
 use tracing::debug;
 
 use super::events::StreamStats;
 use super::policy::Path;
-use super::report::ReceivedStream;
+use super::report::{ReceivedStream, TimelineFile};
 use crate::media::codec::{CodecError, Decoder};
 use crate::media::sink::{AudioSink, Played};
-use crate::media::FRAME_SAMPLES;
 
 /// Level reported for digital silence.
 pub const SILENCE_DBFS: f64 = -100.0;
@@ -22,6 +22,11 @@ pub struct Receiver {
     pub recording: bool,
     jitter: JitterBuffer,
     decoder: Decoder,
+    /// The sender's frame duration and look-ahead, from its first frame; frames that
+    /// declare another are dropped.
+    format: Option<MediaFormat>,
+    /// Frames dropped for declaring another format than the stream's.
+    pub frames_misformatted: u64,
     first_seq: Option<u32>,
     pub media_ended: bool,
     /// The newest inbound media stream seen from this sender.
@@ -40,6 +45,8 @@ impl Receiver {
             recording,
             jitter: JitterBuffer::new(JitterConfig::default()),
             decoder: Decoder::new()?,
+            format: None,
+            frames_misformatted: 0,
             first_seq: None,
             media_ended: false,
             media_stream: 0,
@@ -69,6 +76,28 @@ impl Receiver {
     }
 
     pub fn push(&mut self, at_ms: u64, frame: OpenedFrame) {
+        let format = frame.header.format;
+        match self.format {
+            Some(f) if f == format => {}
+            Some(_) => {
+                self.frames_misformatted = self.frames_misformatted.saturating_add(1);
+                debug!(from = %self.from, ?format, "a frame of another format; dropped");
+                return;
+            }
+            None => {
+                // The stream's first frame sizes the jitter buffer's slots and the decoder.
+                match Decoder::with_frame_ms(format.frame_ms) {
+                    Ok(d) => self.decoder = d,
+                    Err(e) => {
+                        debug!(error = %e, "no decoder for this format; frame dropped");
+                        self.frames_misformatted = self.frames_misformatted.saturating_add(1);
+                        return;
+                    }
+                }
+                self.jitter = JitterBuffer::new(JitterConfig::for_format(format));
+                self.format = Some(format);
+            }
+        }
         self.jitter.push(
             at_ms,
             frame.header.seq,
@@ -108,7 +137,7 @@ impl Receiver {
         };
         let pcm = pcm.unwrap_or_else(|e| {
             debug!(error = %e, "decode failed; inserting silence");
-            vec![0; FRAME_SAMPLES]
+            vec![0; self.decoder.frame_samples()]
         });
         self.first_seq.get_or_insert(seq);
         let sq: f64 = pcm.iter().map(|s| f64::from(*s).powi(2)).sum();
@@ -158,6 +187,8 @@ impl Receiver {
             jitter_ms: snap.jitter_ms,
             mouth_to_ear_p50_ms: snap.mouth_to_ear_p50_ms,
             mouth_to_ear_p95_ms: snap.mouth_to_ear_p95_ms,
+            transit_buffer_p50_ms: snap.transit_buffer_p50_ms,
+            transit_buffer_p95_ms: snap.transit_buffer_p95_ms,
             mos: snap.mos,
             level_dbfs: self.level_dbfs,
             recording: self.recording,
@@ -165,8 +196,14 @@ impl Receiver {
     }
 
     /// The report of this sender.
-    pub fn report(&self, path: Path, output: Option<String>) -> ReceivedStream {
+    pub fn report(
+        &self,
+        path: Path,
+        output: Option<String>,
+        timeline: Option<TimelineFile>,
+    ) -> ReceivedStream {
         let snap = self.jitter.stats().snapshot();
+        let format = self.format.unwrap_or_default();
         ReceivedStream {
             from: self.from.clone(),
             name: self.name.clone(),
@@ -178,10 +215,15 @@ impl Receiver {
             frames_played: snap.frames_played,
             mouth_to_ear_p50_ms: snap.mouth_to_ear_p50_ms,
             mouth_to_ear_p95_ms: snap.mouth_to_ear_p95_ms,
+            transit_buffer_p50_ms: snap.transit_buffer_p50_ms,
+            transit_buffer_p95_ms: snap.transit_buffer_p95_ms,
+            frame_ms: format.frame_ms,
+            algorithmic_delay_ms: format.algorithmic_delay_ms(),
             jitter_ms: snap.jitter_ms,
             mos: snap.mos,
             first_seq: self.first_seq,
             output,
+            timeline,
             recording: self.recording,
         }
     }

@@ -18,14 +18,45 @@ pub struct ReceivedStream {
     pub frames_late: u64,
     pub frames_concealed: u64,
     pub frames_played: u64,
+    /// Mouth-to-ear from the timestamps: transit and buffer plus the sender's algorithmic
+    /// delay (frame and look-ahead) — the playout time of a sample minus its capture time.
     pub mouth_to_ear_p50_ms: Option<f64>,
     pub mouth_to_ear_p95_ms: Option<f64>,
+    /// Frame complete at the sender to frame played.
+    pub transit_buffer_p50_ms: Option<f64>,
+    pub transit_buffer_p95_ms: Option<f64>,
+    /// The sender's frame duration and algorithmic delay (frame plus look-ahead), ms.
+    pub frame_ms: u8,
+    pub algorithmic_delay_ms: f64,
     pub jitter_ms: f64,
     pub mos: f64,
     /// Sequence number of the first frame in the output file.
     pub first_seq: Option<u32>,
     pub output: Option<String>,
+    /// The sender's audio on our playout timeline, if asked for (`--timeline-dir`).
+    #[serde(default)]
+    pub timeline: Option<TimelineFile>,
     pub recording: bool,
+}
+
+/// How our own stream was timed: what a receiver's mouth-to-ear measurement needs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Sending {
+    /// Audio per frame, ms.
+    pub frame_ms: u8,
+    /// The encoder's look-ahead (OPUS_GET_LOOKAHEAD), µs.
+    pub lookahead_us: u16,
+    /// Capture time of the first sample we sent, ms since the Unix epoch: sample `n` of our
+    /// stream was captured at `capture_origin_ms + n / 48`.
+    pub capture_origin_ms: u64,
+}
+
+/// Where a receiver laid one sender's audio on its playout timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineFile {
+    /// A WAV file whose sample `k` is what played at `origin_ms + k / 48`.
+    pub path: String,
+    pub origin_ms: u64,
 }
 
 /// What we sent to one receiver.
@@ -53,6 +84,9 @@ pub struct CallReport {
     pub started_ms: u64,
     pub ended_ms: u64,
     pub frames_captured: u64,
+    /// Our own stream's frame duration, look-ahead and capture origin.
+    #[serde(default)]
+    pub sending: Sending,
     pub sent: BTreeMap<String, SentStream>,
     pub received: Vec<ReceivedStream>,
     pub roster: Vec<RosterEvent>,
@@ -139,6 +173,7 @@ impl ReportBuilder {
             ended_ms: crate::clock::now_ms(),
             error: None,
             frames_captured: 0,
+            sending: Sending::default(),
             sent: BTreeMap::new(),
             received: Vec::new(),
             admission_failures: 0,
@@ -150,6 +185,7 @@ impl ReportBuilder {
             started_ms: self.started_ms,
             ended_ms: end.ended_ms,
             frames_captured: end.frames_captured,
+            sending: end.sending,
             sent: end.sent,
             received: end.received,
             roster: self.roster,

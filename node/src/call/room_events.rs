@@ -145,7 +145,7 @@ impl Session {
         if let Some(mut r) = ctx.remote.take() {
             let path = ctx.path.path();
             self.drain_receiver(&mut r, now.ms);
-            let report = r.report(path, self.output_of(r.from()));
+            let report = r.report(path, self.output_of(r.from()), self.timeline_of(r.from()));
             self.keep_finished(report);
         }
     }

@@ -17,15 +17,16 @@ use libp2p::{rendezvous, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::capture::Capture;
+use super::capture::{Capture, SendConfig};
 use super::error::CallError;
 use super::events::{CallEnd, CallEvent, CallStats};
 use super::handle::CallCommand;
 use super::out::EventOut;
 use super::peers::{flush_transmits, PeerCtx};
 use super::policy::{JoinAction, JoinPolicy, JoinView, PathAction};
-use super::report::ReceivedStream;
+use super::report::{ReceivedStream, TimelineFile};
 use crate::clock::{now_ms, Instant, Now};
+use crate::media::codec::{CodecError, Mode};
 use crate::media::{AudioSink, AudioSource};
 use crate::net::relays::{Change, Refusal};
 use crate::net::streams::Inbound;
@@ -47,6 +48,10 @@ pub struct CallConfig {
     pub recording: bool,
     /// Constant bitrate, no DTX, padded frames.
     pub cbr: bool,
+    /// Audio per frame, ms: 10 or 20 (default 20).
+    pub frame_ms: u8,
+    /// Opus application (default audio).
+    pub mode: Mode,
     /// Append each encoded Opus packet (2-byte big-endian length + packet) to this file.
     pub dump_opus: Option<PathBuf>,
     /// How often a [`CallEvent::Stats`] tick is sent.
@@ -60,6 +65,8 @@ impl CallConfig {
             name: name.into(),
             recording: false,
             cbr: false,
+            frame_ms: 20,
+            mode: Mode::Audio,
             dump_opus: None,
             stats_every: Duration::from_secs(1),
         }
@@ -173,11 +180,20 @@ impl Session {
         room.set_addrs(net.announced());
         let capture = Capture::new(
             source,
-            config.cbr,
+            SendConfig {
+                frame_ms: config.frame_ms,
+                mode: config.mode,
+                cbr: config.cbr,
+            },
             config.dump_opus.as_deref(),
             now.at,
             now.ms,
         )?;
+        room.set_media_format(capture.format()).map_err(|e| {
+            CallError::Codec(std::sync::Arc::new(CodecError::InvalidConfig(
+                e.to_string(),
+            )))
+        })?;
         let join = JoinPolicy::new(now.at, bootstrap(&config.ticket, me), net.relay_only);
         let mut session = Self {
             me,
@@ -689,6 +705,18 @@ impl Session {
             .map(|p| p.display().to_string())
     }
 
+    /// Where `from`'s audio is laid on the playout timeline, if it is.
+    pub(super) fn timeline_of(&self, from: &str) -> Option<TimelineFile> {
+        self.recorder
+            .as_ref()
+            .and_then(|r| r.timeline(from))
+            .or_else(|| self.sink.timeline(from))
+            .map(|(p, origin_ms)| TimelineFile {
+                path: p.display().to_string(),
+                origin_ms,
+            })
+    }
+
     pub(super) fn keep_finished(&mut self, r: ReceivedStream) {
         if self.finished.len() < MAX_FINISHED {
             self.finished.push(r);
@@ -711,7 +739,11 @@ impl Session {
         for (_, mut ctx) in peers {
             if let Some(mut r) = ctx.remote.take() {
                 self.drain_receiver(&mut r, now.ms);
-                received.push(r.report(ctx.path.path(), self.output_of(r.from())));
+                received.push(r.report(
+                    ctx.path.path(),
+                    self.output_of(r.from()),
+                    self.timeline_of(r.from()),
+                ));
             }
             if let Some(q) = ctx.media_out.take() {
                 q.close();
@@ -725,6 +757,7 @@ impl Session {
             ended_ms: now_ms(),
             error: self.error.take(),
             frames_captured: self.capture.frames_captured,
+            sending: self.capture.sending_report(),
             sent: self.capture.sent(),
             received,
             admission_failures: self.room.counters().admission_failures,

@@ -101,7 +101,7 @@ pub fn run(participants: usize, seconds: f64, json: bool) -> Result<(), Failure>
     let (enc_us, dec_us) = per_frame(frames)?;
     let per_second = 50.0; // 20 ms frames
     let modelled = (enc_us + (participants as f64 - 1.0) * dec_us) * per_second / 1e6;
-    let demo = super::demo::run_demo(participants, seconds, false)?;
+    let demo = super::demo::run_demo(super::demo::DemoOptions::new(participants, seconds))?;
     let n = demo.nodes.len().max(1) as f64;
     let report = BenchReport {
         frames,

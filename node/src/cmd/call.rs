@@ -14,7 +14,7 @@ use super::{relays_or_settings, CallArgs, Failure};
 use crate::account::Store;
 use crate::call::{CallConfig, CallEvent, CallEvents, CallHandle, CallReport, ReportBuilder};
 use crate::media::device::{DeviceError, DeviceMonitor, DeviceSink, DeviceSource};
-use crate::media::sink::{Discard, Tee, WavMix, WavPerSender};
+use crate::media::sink::{Discard, Tee, WavMix, WavPerSender, WavTimeline};
 use crate::media::{source, AudioSink, AudioSource};
 use crate::node::{Node, NodeConfig};
 
@@ -88,7 +88,7 @@ fn open_source(input: &Input, devices: &mut Devices) -> Result<Box<dyn AudioSour
     Ok(match input {
         Input::Wav(p) => Box::new(source::wav(p).map_err(|e| Failure::input(e.to_string()))?),
         Input::Tone(hz) => Box::new(source::tone(*hz)),
-        Input::Signal(i) => Box::new(source::test_signal(*i)),
+        Input::Signal(i) => Box::new(source::test_signal_with_chirps(*i)),
         Input::Mic(name) => {
             let mic = DeviceSource::open(name).map_err(device_failure)?;
             devices.push(("mic", mic.monitor()));
@@ -97,8 +97,9 @@ fn open_source(input: &Input, devices: &mut Devices) -> Result<Box<dyn AudioSour
     })
 }
 
-/// `--speaker`, `--output` (the mix) and `--output-dir` (one file per sender), or nothing;
-/// and whether the room is told that we record.
+/// `--speaker`, `--output` (the mix), `--output-dir` (one file per sender) and
+/// `--timeline-dir` (each sender on the playout timeline), or nothing; and whether the room
+/// is told that we record.
 fn open_sink(
     args: &CallArgs,
     started_ms: u64,
@@ -111,6 +112,11 @@ fn open_sink(
     if let Some(path) = &args.output {
         sinks.push(Box::new(
             WavMix::create(path, started_ms).map_err(Failure::other)?,
+        ));
+    }
+    if let Some(dir) = &args.timeline_dir {
+        sinks.push(Box::new(
+            WavTimeline::create(dir, started_ms).map_err(Failure::other)?,
         ));
     }
     let recording = !sinks.is_empty();
@@ -178,6 +184,8 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
     let mut config = CallConfig::new(ticket, name);
     config.recording = recording;
     config.cbr = args.cbr;
+    config.frame_ms = args.frame_ms;
+    config.mode = args.opus_mode.into();
     config.dump_opus = args.dump_opus.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -432,15 +440,19 @@ fn print_report(r: &CallReport) {
     for line in super::account::recording_notice(r) {
         println!("{line}");
     }
-    println!("sent {} frames", r.frames_captured);
     println!(
-        "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5}",
-        "from", "path", "received", "lost", "concealed", "m2e p50", "m2e p95", "MOS"
+        "sent {} frames of {} ms; mouth-to-ear (m2e) is playout time minus capture time from \
+         the timestamps, with framing and look-ahead; t+b is frame complete to frame played",
+        r.frames_captured, r.sending.frame_ms
+    );
+    println!(
+        "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>5}",
+        "from", "path", "received", "lost", "concealed", "m2e p50", "m2e p95", "t+b p50", "MOS"
     );
     for s in &r.received {
         let name = if s.name.is_empty() { &s.from } else { &s.name };
         println!(
-            "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>5.2}{}",
+            "{:<20} {:<9} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>5.2}{}",
             crate::score::short(name, 20),
             s.path,
             s.frames_received,
@@ -448,6 +460,7 @@ fn print_report(r: &CallReport) {
             s.frames_concealed,
             crate::score::fmt_ms(s.mouth_to_ear_p50_ms),
             crate::score::fmt_ms(s.mouth_to_ear_p95_ms),
+            crate::score::fmt_ms(s.transit_buffer_p50_ms),
             s.mos,
             if s.recording { "  (was recording)" } else { "" }
         );

@@ -6,13 +6,39 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{free_port, Failure};
+use super::{free_port, Failure, OpusMode};
 use crate::call::CallReport;
 use crate::score::{fmt_ms, pair_ok, score, short, NodeUsage, Pair};
+
+/// What `confab demo` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    pub participants: usize,
+    pub seconds: f64,
+    pub frame_ms: u8,
+    pub opus_mode: OpusMode,
+    /// Keep the working directory.
+    pub keep: bool,
+}
+
+impl DemoOptions {
+    /// `participants` for `seconds`, with the defaults otherwise (20 ms frames, audio mode).
+    pub fn new(participants: usize, seconds: f64) -> Self {
+        Self {
+            participants,
+            seconds,
+            frame_ms: 20,
+            opus_mode: OpusMode::Audio,
+            keep: false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
     pub participants: usize,
+    pub frame_ms: u8,
+    pub opus_mode: &'static str,
     pub pairs: Vec<Pair>,
     pub ok: bool,
     /// CPU of each node as a share of one core over its call, and its peak RSS.
@@ -48,7 +74,8 @@ fn checked(mut c: Command, what: &str) -> Result<String, Failure> {
 }
 
 /// Runs the demo. Exit code 0 only if every pair worked.
-pub fn run(participants: usize, seconds: f64, json: bool, keep: bool) -> Result<(), Failure> {
+pub fn run(opts: DemoOptions, json: bool) -> Result<(), Failure> {
+    let (participants, seconds) = (opts.participants, opts.seconds);
     if !(2..=16).contains(&participants) {
         return Err(Failure {
             code: 2,
@@ -61,7 +88,7 @@ pub fn run(participants: usize, seconds: f64, json: bool, keep: bool) -> Result<
             message: "--seconds must be between 1 and 600".into(),
         });
     }
-    let report = run_demo(participants, seconds, keep)?;
+    let report = run_demo(opts)?;
     if json {
         println!(
             "{}",
@@ -90,7 +117,8 @@ fn fail(message: impl std::fmt::Display) -> Failure {
     }
 }
 
-pub fn run_demo(participants: usize, seconds: f64, keep: bool) -> Result<DemoReport, Failure> {
+pub fn run_demo(opts: DemoOptions) -> Result<DemoReport, Failure> {
+    let (participants, seconds) = (opts.participants, opts.seconds);
     let exe = std::env::current_exe().map_err(fail)?;
     let work = tempfile::Builder::new()
         .prefix("confab-demo-")
@@ -132,7 +160,11 @@ pub fn run_demo(participants: usize, seconds: f64, keep: bool) -> Result<DemoRep
             .arg("--ticket-file")
             .arg(&ticket_file)
             .args(["--duration", &seconds.to_string()])
+            .args(["--frame-ms", &opts.frame_ms.to_string()])
+            .args(["--opus-mode", opts.opus_mode.as_str()])
             .arg("--output-dir")
+            .arg(&n.out)
+            .arg("--timeline-dir")
             .arg(&n.out);
         if i > 0 {
             c.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
@@ -163,19 +195,21 @@ pub fn run_demo(participants: usize, seconds: f64, keep: bool) -> Result<DemoRep
         let out = child.wait_with_output().map_err(fail)?;
         reports.push(serde_json::from_slice(&out.stdout).ok());
     }
-    let report = analyse(&nodes, &reports, seconds);
-    if keep {
+    let report = analyse(&nodes, &reports, opts);
+    if opts.keep {
         let kept = work.keep();
         eprintln!("working directory kept at {}", kept.display());
     }
     Ok(report)
 }
 
-fn analyse(nodes: &[Node], reports: &[Option<CallReport>], _seconds: f64) -> DemoReport {
+fn analyse(nodes: &[Node], reports: &[Option<CallReport>], opts: DemoOptions) -> DemoReport {
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let (pairs, usage, ok) = score(&names, reports, |_, _, _| ());
     DemoReport {
         participants: nodes.len(),
+        frame_ms: opts.frame_ms,
+        opus_mode: opts.opus_mode.as_str(),
         pairs: pairs.into_iter().map(|(p, ())| p).collect(),
         ok,
         nodes: usage,
@@ -184,7 +218,12 @@ fn analyse(nodes: &[Node], reports: &[Option<CallReport>], _seconds: f64) -> Dem
 
 fn print_table(r: &DemoReport) {
     println!(
-        "{:<15} {:<15} {:<8} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>5} {:>6}  ",
+        "{} participants, {} ms frames, Opus {}; mouth-to-ear (m2e) measured on the signal, \
+         transit+buffer (t+b) from the timestamps",
+        r.participants, r.frame_ms, r.opus_mode
+    );
+    println!(
+        "{:<15} {:<15} {:<8} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>7} {:>8} {:>5} {:>6}  ",
         "from",
         "to",
         "path",
@@ -194,12 +233,14 @@ fn print_table(r: &DemoReport) {
         "concealed",
         "m2e p50",
         "m2e p95",
+        "onsets",
+        "t+b p50",
         "MOS",
         "corr"
     );
     for p in &r.pairs {
         println!(
-            "{:<15} {:<15} {:<8} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>5.2} {:>6.3}  {}",
+            "{:<15} {:<15} {:<8} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>7} {:>8} {:>5.2} {:>6.3}  {}",
             short(&p.from, 15),
             short(&p.to, 15),
             p.path,
@@ -209,6 +250,8 @@ fn print_table(r: &DemoReport) {
             p.frames_concealed,
             fmt_ms(p.mouth_to_ear_ms.p50),
             fmt_ms(p.mouth_to_ear_ms.p95),
+            format!("{}/{}", p.onsets.found, p.onsets.expected),
+            fmt_ms(p.transit_buffer_ms.p50),
             p.mos,
             p.correlation,
             if pair_ok(p) { "ok" } else { "FAIL" }

@@ -94,6 +94,12 @@ pub enum Command {
         /// Keep the working directory (data dirs, WAVs, logs) and print where it is.
         #[arg(long)]
         keep: bool,
+        /// Audio per frame, ms (20 or 10), for every participant.
+        #[arg(long, default_value_t = 20, value_parser = parse_frame_ms)]
+        frame_ms: u8,
+        /// Opus application for every participant.
+        #[arg(long, value_enum, default_value_t = OpusMode::Audio)]
+        opus_mode: OpusMode,
     },
     /// List the audio inputs and outputs (`--mic NAME` / `--speaker NAME` take the first
     /// column, or any unique part of it or of the description).
@@ -194,6 +200,18 @@ pub struct CallArgs {
     /// Constant bitrate: every frame the same size, sent even in silence.
     #[arg(long)]
     pub cbr: bool,
+    /// Audio per frame, ms: 20 (the default) or 10 (10 ms less mouth-to-ear, a few more
+    /// bytes of overhead per second). Receivers follow whatever each sender chose.
+    #[arg(long, default_value_t = 20, value_parser = parse_frame_ms)]
+    pub frame_ms: u8,
+    /// Opus application: `audio` (the default), `voip`, or `low-delay` (CELT only, 2.5 ms
+    /// look-ahead instead of 6.5 ms).
+    #[arg(long, value_enum, default_value_t = OpusMode::Audio)]
+    pub opus_mode: OpusMode,
+    /// Also lay each sender's audio on the playout timeline, one WAV per sender in DIR (for
+    /// measuring mouth-to-ear on the signal; the room is told that you record).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub timeline_dir: Option<PathBuf>,
     /// Community relay to reserve a slot on (`/ip4/…/tcp/PORT/p2p/<relay peer id>`,
     /// repeatable; default: the account's relays, see `confab relay`).
     #[arg(long)]
@@ -215,6 +233,49 @@ pub struct CallArgs {
     /// Plain lines even when stdout is a terminal (no live view).
     #[arg(long)]
     pub no_view: bool,
+}
+
+/// Opus application, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpusMode {
+    Audio,
+    Voip,
+    LowDelay,
+}
+
+impl From<OpusMode> for crate::media::codec::Mode {
+    fn from(m: OpusMode) -> Self {
+        match m {
+            OpusMode::Audio => Self::Audio,
+            OpusMode::Voip => Self::Voip,
+            OpusMode::LowDelay => Self::LowDelay,
+        }
+    }
+}
+
+impl OpusMode {
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Voip => "voip",
+            Self::LowDelay => "low-delay",
+        }
+    }
+}
+
+fn parse_frame_ms(s: &str) -> Result<u8, String> {
+    let v: u8 = s
+        .parse()
+        .map_err(|_| format!("{s} is not a number of ms"))?;
+    if crate::media::codec::ENCODER_FRAME_MS.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} ms frames are not supported (choose from {:?})",
+            crate::media::codec::ENCODER_FRAME_MS
+        ))
+    }
 }
 
 /// An error with the exit code it deserves: 2 for bad input, 1 for everything else.
@@ -309,9 +370,18 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         seconds,
         json,
         keep,
+        frame_ms,
+        opus_mode,
     } = cli.command
     {
-        return demo::run(participants, seconds, json, keep);
+        let opts = demo::DemoOptions {
+            participants,
+            seconds,
+            frame_ms,
+            opus_mode,
+            keep,
+        };
+        return demo::run(opts, json);
     }
     if let Command::Bench {
         participants,

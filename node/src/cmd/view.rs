@@ -482,6 +482,8 @@ mod tests {
             jitter_ms: 2.0,
             mouth_to_ear_p50_ms: Some(61.4),
             mouth_to_ear_p95_ms: Some(80.0),
+            transit_buffer_p50_ms: Some(35.0),
+            transit_buffer_p95_ms: Some(53.6),
             mos: 4.31,
             level_dbfs: level,
             recording: false,

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
+use super::codec::SAMPLE_RATE;
 
 /// Lowest and highest input sample rates [`read_wav`] converts, in Hz.
 const MIN_INPUT_RATE: u32 = 1_000;
@@ -551,18 +551,21 @@ pub fn aligned_correlation(sent: &[i16], heard: &[i16], max_lag_samples: usize) 
     best.unwrap_or((0.0, 0))
 }
 
-/// Splits samples into 20 ms frames of [`FRAME_SAMPLES`] (the last one zero-padded), once or
-/// looping forever. Pacing (one frame every 20 ms) is the caller's job.
+/// Cuts samples into frames of any length, once (the last one zero-padded) or looping
+/// forever without a seam (a loop that ends inside a frame goes on from the start in the
+/// same frame, so sample `n` of the stream is always `samples[n % len]`). Pacing (one frame
+/// per frame duration) is the caller's job.
 #[derive(Debug, Clone)]
 pub struct FrameSource {
     samples: Vec<i16>,
     looping: bool,
+    /// Index of the next sample.
     next: usize,
 }
 
 impl FrameSource {
-    /// A source over `samples`; with `looping`, it starts over after the last frame. An empty
-    /// source yields no frames, looping or not.
+    /// A source over `samples`; with `looping`, it starts over after the last sample. An
+    /// empty source yields no frames, looping or not.
     pub fn new(samples: Vec<i16>, looping: bool) -> Self {
         Self {
             samples,
@@ -571,25 +574,38 @@ impl FrameSource {
         }
     }
 
-    /// The next frame, or `None` at the end of a non-looping source.
-    pub fn next_frame(&mut self) -> Option<[i16; FRAME_SAMPLES]> {
-        if self.next >= self.frames_total() {
-            if !self.looping || self.samples.is_empty() {
-                return None;
-            }
-            self.next = 0;
+    /// Fills `out` with the next frame; false (and `out` untouched) at the end of a
+    /// non-looping source.
+    pub fn next_frame(&mut self, out: &mut [i16]) -> bool {
+        if self.samples.is_empty() || (!self.looping && self.next >= self.samples.len()) {
+            return false;
         }
-        let start = self.next * FRAME_SAMPLES;
-        let end = (start + FRAME_SAMPLES).min(self.samples.len());
-        let mut frame = [0i16; FRAME_SAMPLES];
-        frame[..end - start].copy_from_slice(&self.samples[start..end]);
-        self.next += 1;
-        Some(frame)
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.next >= self.samples.len() {
+                if !self.looping {
+                    out[filled..].fill(0);
+                    break;
+                }
+                self.next = 0;
+            }
+            let n = (out.len() - filled).min(self.samples.len() - self.next);
+            out[filled..filled + n].copy_from_slice(&self.samples[self.next..self.next + n]);
+            filled += n;
+            self.next += n;
+        }
+        true
     }
 
-    /// Frames in one pass over the samples.
-    pub fn frames_total(&self) -> usize {
-        self.samples.len().div_ceil(FRAME_SAMPLES)
+    /// Every frame of `frame_samples` of one pass (for tests and benchmarks).
+    pub fn frames(samples: &[i16], frame_samples: usize) -> Vec<Vec<i16>> {
+        let mut src = Self::new(samples.to_vec(), false);
+        let mut out = Vec::new();
+        let mut frame = vec![0i16; frame_samples];
+        while src.next_frame(&mut frame) {
+            out.push(frame.clone());
+        }
+        out
     }
 }
 
@@ -711,25 +727,30 @@ mod tests {
     }
 
     #[test]
-    fn frame_source_splits_and_pads() {
+    fn frame_source_splits_pads_and_loops_without_a_seam() {
+        use crate::media::FRAME_SAMPLES;
         let samples: Vec<i16> = (0..2_000).map(|i| i as i16).collect();
-        let mut src = FrameSource::new(samples.clone(), false);
-        assert_eq!(src.frames_total(), 3);
-        let frames: Vec<_> = std::iter::from_fn(|| src.next_frame()).collect();
+        let frames = FrameSource::frames(&samples, FRAME_SAMPLES);
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[1][0], 960);
         assert_eq!(frames[2][79], 1_999);
         assert!(frames[2][80..].iter().all(|&x| x == 0));
-        assert!(src.next_frame().is_none());
+        assert_eq!(FrameSource::frames(&samples, 480).len(), 5);
 
-        let mut looping = FrameSource::new(samples, true);
-        let frames: Vec<_> = (0..7).map_while(|_| looping.next_frame()).collect();
-        assert_eq!(frames.len(), 7);
-        assert_eq!(frames[3], frames[0]);
-        assert_eq!(frames[6], frames[0]);
-
-        assert!(FrameSource::new(Vec::new(), true).next_frame().is_none());
-        assert_eq!(FrameSource::new(Vec::new(), false).frames_total(), 0);
+        let mut looping = FrameSource::new(samples.clone(), true);
+        let mut frame = vec![0i16; 480];
+        for k in 0..20usize {
+            assert!(looping.next_frame(&mut frame));
+            for (i, &x) in frame.iter().enumerate() {
+                assert_eq!(
+                    x,
+                    samples[(k * 480 + i) % samples.len()],
+                    "frame {k} sample {i}"
+                );
+            }
+        }
+        assert!(!FrameSource::new(Vec::new(), true).next_frame(&mut frame));
+        assert!(FrameSource::frames(&[], 960).is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Opus encoding and decoding for confab: 48 kHz, mono, 20 ms frames.
+//! Opus encoding and decoding for confab: 48 kHz, mono, 20 ms frames by default (10 ms on
+//! request, 40 and 60 ms understood).
 //!
-//! The [`Encoder`] turns one 20 ms frame of PCM ([`FRAME_SAMPLES`] samples) into one Opus
-//! packet; the [`Decoder`] turns one packet back into exactly [`FRAME_SAMPLES`] samples, and
-//! conceals a missing frame either from the in-band FEC (LBRR) data carried by the packet that
+//! The [`Encoder`] turns one frame of PCM (20 ms: [`FRAME_SAMPLES`] samples) into one Opus
+//! packet and tells its look-ahead; the [`Decoder`] turns one packet back into exactly one
+//! frame of samples, and conceals a missing frame either from the in-band FEC (LBRR) data carried by the packet that
 //! follows it or, when that is not available, by libopus' packet loss concealment.
 //!
 //! Nothing here panics on bad input: packets come from the network (authenticated end to end,
@@ -10,13 +11,25 @@
 
 /// Sample rate of all confab audio, in Hz.
 pub const SAMPLE_RATE: u32 = 48_000;
-/// Duration of one audio frame, in milliseconds.
+/// Duration of one audio frame by default, in milliseconds.
 pub const FRAME_MS: u32 = 20;
 /// Samples in one 20 ms mono frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = (SAMPLE_RATE as usize / 1000) * FRAME_MS as usize;
+/// Samples per millisecond at [`SAMPLE_RATE`].
+pub const SAMPLES_PER_MS: usize = SAMPLE_RATE as usize / 1000;
+/// Frame durations the encoder produces on request, ms (the wire also carries 40 and 60,
+/// which the decoder understands).
+pub const ENCODER_FRAME_MS: [u8; 2] = [10, 20];
+
+/// Samples in one mono frame of `frame_ms` at 48 kHz.
+pub fn frame_samples(frame_ms: u8) -> usize {
+    SAMPLES_PER_MS * usize::from(frame_ms)
+}
 /// Largest packet the encoder may produce and the decoder accepts. A single 20 ms Opus frame
 /// is at most 1275 bytes; the rest is headroom for the packet framing.
 pub const MAX_PACKET_BYTES: usize = 1500;
+
+use confab_protocol::wire::MediaFormat;
 
 /// Lowest and highest bitrates libopus accepts, in bits per second.
 const MIN_BITRATE_BPS: i32 = 500;
@@ -41,8 +54,9 @@ pub enum CodecError {
     /// The packet is larger than any packet confab sends.
     #[error("opus packet of {len} bytes is larger than the {max}-byte limit")]
     PacketTooLarge { len: usize, max: usize },
-    /// The packet is valid Opus but does not hold exactly one 20 ms frame.
-    #[error("opus packet holds {samples} samples, expected {expected} (one 20 ms frame)")]
+    /// The packet is valid Opus but does not hold exactly one frame of the stream's length
+    /// (or the PCM given to the encoder is not one frame long).
+    #[error("opus packet holds {samples} samples, expected {expected} (one frame)")]
     WrongDuration { samples: usize, expected: usize },
 }
 
@@ -50,9 +64,35 @@ fn opus_err(op: &'static str) -> impl FnOnce(opus::Error) -> CodecError {
     move |source| CodecError::Opus { op, source }
 }
 
+/// Which of Opus' applications the encoder runs (`OPUS_APPLICATION_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// General audio: keeps the waveform closest to the input (the default).
+    #[default]
+    Audio,
+    /// Speech: shapes the signal for intelligibility.
+    Voip,
+    /// Restricted low delay: CELT only, 2.5 ms of look-ahead instead of 6.5 ms.
+    LowDelay,
+}
+
+impl Mode {
+    fn application(self) -> opus::Application {
+        match self {
+            Self::Audio => opus::Application::Audio,
+            Self::Voip => opus::Application::Voip,
+            Self::LowDelay => opus::Application::LowDelay,
+        }
+    }
+}
+
 /// Encoder settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncoderConfig {
+    /// Audio per frame, ms: one of [`ENCODER_FRAME_MS`] (default 20).
+    pub frame_ms: u8,
+    /// Opus application (default [`Mode::Audio`]).
+    pub mode: Mode,
     /// Target bitrate in bits per second (default 32 000).
     pub bitrate_bps: i32,
     /// Constant bitrate: every packet has the same size. Implies no DTX, whatever `dtx` says.
@@ -70,6 +110,8 @@ pub struct EncoderConfig {
 impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
+            frame_ms: 20,
+            mode: Mode::Audio,
             bitrate_bps: 32_000,
             cbr: false,
             fec: true,
@@ -81,6 +123,12 @@ impl Default for EncoderConfig {
 
 impl EncoderConfig {
     fn validate(&self) -> Result<(), CodecError> {
+        if !ENCODER_FRAME_MS.contains(&self.frame_ms) {
+            return Err(CodecError::InvalidConfig(format!(
+                "{} ms frames (supported: {ENCODER_FRAME_MS:?})",
+                self.frame_ms
+            )));
+        }
         if !(MIN_BITRATE_BPS..=MAX_BITRATE_BPS).contains(&self.bitrate_bps) {
             return Err(CodecError::InvalidConfig(format!(
                 "bitrate {} bps is outside {MIN_BITRATE_BPS}..={MAX_BITRATE_BPS}",
@@ -97,10 +145,11 @@ impl EncoderConfig {
     }
 }
 
-/// Opus encoder for one outgoing stream (48 kHz mono, 20 ms frames).
+/// Opus encoder for one outgoing stream (48 kHz mono, one frame per packet).
 pub struct Encoder {
     inner: opus::Encoder,
     cfg: EncoderConfig,
+    lookahead_samples: usize,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -110,13 +159,13 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// Creates an encoder. `Application::Audio` is used: it keeps the waveform closer to the
-    /// input than `Voip` (which shapes the signal for intelligibility), which is what the
+    /// Creates an encoder. [`Mode::Audio`] is the default: it keeps the waveform closer to
+    /// the input than `Voip` (which shapes the signal for intelligibility), which is what the
     /// sent-versus-heard correlation checks measure.
     pub fn new(cfg: &EncoderConfig) -> Result<Self, CodecError> {
         cfg.validate()?;
         let mut inner =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, cfg.mode.application())
                 .map_err(opus_err("encoder create"))?;
         inner
             .set_bitrate(opus::Bitrate::Bits(cfg.bitrate_bps))
@@ -131,9 +180,13 @@ impl Encoder {
         inner
             .set_dtx(cfg.dtx && !cfg.cbr)
             .map_err(opus_err("set dtx"))?;
+        // OPUS_GET_LOOKAHEAD: samples at the encoder's rate that a sample waits inside the
+        // codec (its output is delayed by as much); asked after every setting is made.
+        let lookahead = inner.get_lookahead().map_err(opus_err("get lookahead"))?;
         Ok(Self {
             inner,
             cfg: cfg.clone(),
+            lookahead_samples: usize::try_from(lookahead).unwrap_or(0),
         })
     }
 
@@ -142,17 +195,45 @@ impl Encoder {
         &self.cfg
     }
 
-    /// Encodes one 20 ms frame into one Opus packet.
-    pub fn encode(&mut self, pcm: &[i16; FRAME_SAMPLES]) -> Result<Vec<u8>, CodecError> {
+    /// Samples in one frame of this encoder.
+    pub fn frame_samples(&self) -> usize {
+        frame_samples(self.cfg.frame_ms)
+    }
+
+    /// The codec's look-ahead in samples at 48 kHz, as libopus reports it.
+    pub fn lookahead_samples(&self) -> usize {
+        self.lookahead_samples
+    }
+
+    /// What this encoder's frames declare in their media header: frame duration and
+    /// look-ahead (µs).
+    pub fn format(&self) -> MediaFormat {
+        let us = self.lookahead_samples * 1000 / SAMPLES_PER_MS;
+        MediaFormat {
+            frame_ms: self.cfg.frame_ms,
+            lookahead_us: u16::try_from(us).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// Encodes one frame (exactly [`Encoder::frame_samples`] samples) into one Opus packet.
+    pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, CodecError> {
+        if pcm.len() != self.frame_samples() {
+            return Err(CodecError::WrongDuration {
+                samples: pcm.len(),
+                expected: self.frame_samples(),
+            });
+        }
         self.inner
             .encode_vec(pcm, MAX_PACKET_BYTES)
             .map_err(opus_err("encode"))
     }
 }
 
-/// Opus decoder for one incoming stream (48 kHz mono, 20 ms frames).
+/// Opus decoder for one incoming stream (48 kHz mono, one frame of a fixed length per
+/// packet).
 pub struct Decoder {
     inner: opus::Decoder,
+    frame_samples: usize,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -161,9 +242,10 @@ impl std::fmt::Debug for Decoder {
     }
 }
 
-/// Checks a packet before libopus sees it: non-empty, within the size limit, and exactly one
-/// 20 ms frame long (which also rejects packets whose table of contents is malformed).
-fn check_packet(packet: &[u8]) -> Result<(), CodecError> {
+/// Checks a packet before libopus sees it: non-empty, within the size limit, and exactly
+/// `expected` samples long (which also rejects packets whose table of contents is
+/// malformed).
+fn check_packet(packet: &[u8], expected: usize) -> Result<(), CodecError> {
     if packet.is_empty() {
         return Err(CodecError::EmptyPacket);
     }
@@ -175,53 +257,68 @@ fn check_packet(packet: &[u8]) -> Result<(), CodecError> {
     }
     let samples =
         opus::packet::get_nb_samples(packet, SAMPLE_RATE).map_err(opus_err("parse packet"))?;
-    if samples != FRAME_SAMPLES {
-        return Err(CodecError::WrongDuration {
-            samples,
-            expected: FRAME_SAMPLES,
-        });
+    if samples != expected {
+        return Err(CodecError::WrongDuration { samples, expected });
     }
     Ok(())
 }
 
 impl Decoder {
-    /// Creates a decoder.
+    /// Creates a decoder of 20 ms frames.
     pub fn new() -> Result<Self, CodecError> {
-        let inner = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
-            .map_err(opus_err("decoder create"))?;
-        Ok(Self { inner })
+        Self::with_frame_ms(20)
     }
 
-    /// Decodes one packet into [`FRAME_SAMPLES`] samples. Empty, oversized, malformed packets
-    /// and packets that are not exactly 20 ms long are errors, and leave the decoder usable.
+    /// Creates a decoder of `frame_ms` frames (10, 20, 40 or 60).
+    pub fn with_frame_ms(frame_ms: u8) -> Result<Self, CodecError> {
+        if !confab_protocol::wire::FRAME_DURATIONS_MS.contains(&frame_ms) {
+            return Err(CodecError::InvalidConfig(format!("{frame_ms} ms frames")));
+        }
+        let inner = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+            .map_err(opus_err("decoder create"))?;
+        Ok(Self {
+            inner,
+            frame_samples: frame_samples(frame_ms),
+        })
+    }
+
+    /// Samples in one frame of this decoder.
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    /// Decodes one packet into one frame of samples. Empty, oversized, malformed packets
+    /// and packets of another length are errors, and leave the decoder usable.
     pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, CodecError> {
-        check_packet(packet)?;
+        check_packet(packet, self.frame_samples)?;
         self.run(packet, false, "decode")
     }
 
-    /// Packet loss concealment for one missing 20 ms frame. If `next` (the packet that follows
+    /// Packet loss concealment for one missing frame. If `next` (the packet that follows
     /// the missing one) is available, the frame is rebuilt from its in-band FEC data; if that
     /// packet carries no FEC data, libopus falls back to concealment by itself. Without `next`,
     /// or if `next` is malformed, plain PLC extrapolates from the previous frames. Always
-    /// returns [`FRAME_SAMPLES`] samples on success. `next` must still be passed to
+    /// returns one frame of samples on success. `next` must still be passed to
     /// [`Decoder::decode`] afterwards, for its own frame.
     pub fn conceal(&mut self, next: Option<&[u8]>) -> Result<Vec<i16>, CodecError> {
         match next {
-            Some(packet) if check_packet(packet).is_ok() => self.run(packet, true, "fec decode"),
+            Some(packet) if check_packet(packet, self.frame_samples).is_ok() => {
+                self.run(packet, true, "fec decode")
+            }
             _ => self.run(&[], false, "plc"),
         }
     }
 
     fn run(&mut self, input: &[u8], fec: bool, op: &'static str) -> Result<Vec<i16>, CodecError> {
-        let mut out = vec![0i16; FRAME_SAMPLES];
+        let mut out = vec![0i16; self.frame_samples];
         let n = self
             .inner
             .decode(input, &mut out, fec)
             .map_err(opus_err(op))?;
-        if n != FRAME_SAMPLES {
+        if n != self.frame_samples {
             return Err(CodecError::WrongDuration {
                 samples: n,
-                expected: FRAME_SAMPLES,
+                expected: self.frame_samples,
             });
         }
         Ok(out)
@@ -237,9 +334,8 @@ mod tests {
     /// Opus' algorithmic delay at 48 kHz is 312 samples; leave plenty of room.
     const MAX_LAG: usize = 2_400;
 
-    fn frames(signal: &[i16]) -> Vec<[i16; FRAME_SAMPLES]> {
-        let mut src = FrameSource::new(signal.to_vec(), false);
-        std::iter::from_fn(|| src.next_frame()).collect()
+    fn frames(signal: &[i16]) -> Vec<Vec<i16>> {
+        FrameSource::frames(signal, FRAME_SAMPLES)
     }
 
     fn encode_all(cfg: &EncoderConfig, signal: &[i16]) -> Vec<Vec<u8>> {
@@ -288,6 +384,62 @@ mod tests {
             assert!(corr >= 0.95, "signal {i}: correlation {corr} at lag {lag}");
             assert!((250..=400).contains(&lag), "signal {i}: lag {lag}");
         }
+    }
+
+    #[test]
+    fn look_ahead_comes_from_the_encoder_and_ten_ms_frames_round_trip() {
+        // libopus: 2.5 ms of CELT overlap, plus 4 ms of delay compensation except in the
+        // restricted low-delay mode.
+        for (mode, lookahead) in [(Mode::Audio, 312), (Mode::Voip, 312), (Mode::LowDelay, 120)] {
+            for frame_ms in ENCODER_FRAME_MS {
+                let cfg = EncoderConfig {
+                    frame_ms,
+                    mode,
+                    ..EncoderConfig::default()
+                };
+                let mut enc = Encoder::new(&cfg).expect("encoder");
+                assert_eq!(enc.lookahead_samples(), lookahead, "{mode:?}");
+                assert_eq!(
+                    enc.format().lookahead_us,
+                    u16::try_from(lookahead * 1000 / 48).expect("fits")
+                );
+                assert_eq!(enc.format().frame_ms, frame_ms);
+                let sent = test_signal(5, 2.0);
+                let mut dec = Decoder::with_frame_ms(frame_ms).expect("decoder");
+                let mut heard = Vec::new();
+                for f in FrameSource::frames(&sent, enc.frame_samples()) {
+                    let packet = enc.encode(&f).expect("encode");
+                    heard.extend(dec.decode(&packet).expect("decode"));
+                }
+                let (corr, lag) = aligned_correlation(&sent, &heard, MAX_LAG);
+                assert!(corr >= 0.9, "{mode:?} {frame_ms} ms: correlation {corr}");
+                assert!(
+                    lag.abs_diff(lookahead) <= 24,
+                    "{mode:?} {frame_ms} ms: lag {lag}"
+                );
+                assert!(matches!(
+                    enc.encode(&[0i16; FRAME_SAMPLES + 1]),
+                    Err(CodecError::WrongDuration { .. })
+                ));
+            }
+        }
+        assert!(Encoder::new(&EncoderConfig {
+            frame_ms: 15,
+            ..EncoderConfig::default()
+        })
+        .is_err());
+        assert!(Decoder::with_frame_ms(15).is_err());
+        // A 20 ms packet is not a 10 ms stream's frame.
+        let mut enc = Encoder::new(&EncoderConfig::default()).expect("encoder");
+        let packet = enc.encode(&[0i16; FRAME_SAMPLES]).expect("encode");
+        let mut dec = Decoder::with_frame_ms(10).expect("decoder");
+        assert!(matches!(
+            dec.decode(&packet),
+            Err(CodecError::WrongDuration {
+                samples: 960,
+                expected: 480
+            })
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod codec;
 pub mod device;
+pub mod onsets;
 pub mod sink;
 pub mod source;
 

@@ -1,6 +1,7 @@
 //! Where the audio a call plays goes.
 //!
-//! A sink gets every decoded 20 ms frame of every sender as it is played. Sinks stream:
+//! A sink gets every decoded frame (20 ms, or 10 ms if the sender chose so) of every sender
+//! as it is played. Sinks stream:
 //! WAV sinks write to disk as audio plays, and nothing is kept in memory that nobody asked to
 //! record (the mix keeps a window of at most [`MIX_WINDOW_MS`]).
 
@@ -10,7 +11,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use super::audio::{write_error, AudioError};
-use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
+use super::codec::SAMPLE_RATE;
 
 /// One played frame.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,11 @@ pub trait AudioSink: Send + 'static {
     fn play(&mut self, frame: Played<'_>) -> Result<(), AudioError>;
     /// The file this sink records `from` into, if it does.
     fn recording_path(&self, _from: &str) -> Option<PathBuf> {
+        None
+    }
+    /// The file this sink lays `from` on the playout timeline in, and the wall time (ms
+    /// since the Unix epoch) of its first sample, if it does.
+    fn timeline(&self, _from: &str) -> Option<(PathBuf, u64)> {
         None
     }
     /// No more audio: flush and close.
@@ -127,7 +133,7 @@ impl AudioSink for WavPerSender {
         let Some(gap) = frame.seq.checked_sub(f.next_seq) else {
             return Ok(()); // older than what is written: already covered
         };
-        let silence = [0i16; FRAME_SAMPLES];
+        let silence = vec![0i16; frame.pcm.len()];
         for _ in 0..gap.min(MAX_GAP_FRAMES) {
             write_samples(&mut f.writer, &f.path, &silence)?;
         }
@@ -215,7 +221,8 @@ impl AudioSink for WavMix {
         let now = frame.at_ms.saturating_sub(self.start_ms) * SAMPLES_PER_MS;
         let next = self.next.get(frame.from).copied().unwrap_or(now);
         // Continuous playout stays contiguous; after a pause the sender starts at its time.
-        let at = if now > next + FRAME_SAMPLES as u64 || now + 4 * (FRAME_SAMPLES as u64) < next {
+        let len = frame.pcm.len() as u64;
+        let at = if now > next + len || now + 4 * len < next {
             now
         } else {
             next
@@ -247,6 +254,135 @@ impl Drop for WavMix {
     }
 }
 
+/// How long a lane of [`WavTimeline`] keeps samples open behind the newest frame (200 ms),
+/// for a later frame that overlaps an earlier one.
+pub const TIMELINE_WINDOW_MS: u64 = 200;
+
+struct Lane {
+    path: PathBuf,
+    writer: Writer,
+    /// Samples written to the file: `window[0]` is sample `written`.
+    written: u64,
+    window: Vec<i16>,
+}
+
+impl Lane {
+    /// Writes everything before sample `upto`: the window's samples, then silence.
+    fn flush_until(&mut self, upto: u64) -> Result<(), AudioError> {
+        let n = usize::try_from(upto.saturating_sub(self.written))
+            .unwrap_or(usize::MAX)
+            .min(self.window.len());
+        write_samples(&mut self.writer, &self.path, &self.window[..n])?;
+        self.window.drain(..n);
+        self.written += n as u64;
+        if self.window.is_empty() && upto > self.written {
+            // A pause: silence, written in bounded pieces.
+            let silence = [0i16; 4_800];
+            while self.written < upto {
+                let k = usize::try_from(upto - self.written)
+                    .unwrap_or(usize::MAX)
+                    .min(silence.len());
+                write_samples(&mut self.writer, &self.path, &silence[..k])?;
+                self.written += k as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lays `pcm` at sample `at`, over whatever an earlier frame left there.
+    fn lay(&mut self, at: u64, pcm: &[i16]) {
+        let end = at + pcm.len() as u64;
+        if end <= self.written {
+            return;
+        }
+        let skip = usize::try_from(self.written.saturating_sub(at)).unwrap_or(usize::MAX);
+        let from = at.max(self.written);
+        let Ok(offset) = usize::try_from(from - self.written) else {
+            return;
+        };
+        let pcm = &pcm[skip.min(pcm.len())..];
+        if self.window.len() < offset + pcm.len() {
+            self.window.resize(offset + pcm.len(), 0);
+        }
+        self.window[offset..offset + pcm.len()].copy_from_slice(pcm);
+    }
+}
+
+/// Each sender on the playout timeline, one WAV file per sender
+/// (`<dir>/<peer id>.timeline.wav`): sample `k` of a file is what played `k / 48` ms after
+/// `origin_ms`, the frame handed to the sink at `at_ms` starting at `(at_ms - origin_ms)`
+/// ms. A frame that overlaps an earlier one replaces its tail (the buffer gave back
+/// delay), a gap is silence (the buffer stretched, or the sender paused). This is what a
+/// mouth-to-ear measurement on the signal reads. Streams to disk: each lane keeps a window
+/// of [`TIMELINE_WINDOW_MS`].
+pub struct WavTimeline {
+    dir: PathBuf,
+    origin_ms: u64,
+    lanes: HashMap<String, Lane>,
+}
+
+impl WavTimeline {
+    /// Creates `dir` if needed; the timeline's zero is `origin_ms`.
+    pub fn create(dir: &Path, origin_ms: u64) -> Result<Self, AudioError> {
+        std::fs::create_dir_all(dir).map_err(|source| AudioError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            origin_ms,
+            lanes: HashMap::new(),
+        })
+    }
+
+    fn path_of(&self, from: &str) -> PathBuf {
+        self.dir.join(format!("{from}.timeline.wav"))
+    }
+}
+
+impl AudioSink for WavTimeline {
+    fn play(&mut self, frame: Played<'_>) -> Result<(), AudioError> {
+        if !self.lanes.contains_key(frame.from) {
+            let path = self.path_of(frame.from);
+            let writer = create(&path)?;
+            let lane = Lane {
+                path,
+                writer,
+                written: 0,
+                window: Vec::new(),
+            };
+            self.lanes.insert(frame.from.to_string(), lane);
+        }
+        let Some(lane) = self.lanes.get_mut(frame.from) else {
+            return Ok(());
+        };
+        let at = frame.at_ms.saturating_sub(self.origin_ms) * SAMPLES_PER_MS;
+        lane.flush_until(at.saturating_sub(TIMELINE_WINDOW_MS * SAMPLES_PER_MS))?;
+        lane.lay(at, frame.pcm);
+        Ok(())
+    }
+
+    fn timeline(&self, from: &str) -> Option<(PathBuf, u64)> {
+        Some((self.path_of(from), self.origin_ms))
+    }
+
+    fn finish(&mut self) -> Result<(), AudioError> {
+        let mut first_error = None;
+        for (_, mut lane) in self.lanes.drain() {
+            let end = lane.written + lane.window.len() as u64;
+            let result = lane.flush_until(end).and_then(|()| {
+                lane.writer
+                    .finalize()
+                    .map_err(|e| write_error(&lane.path, e))
+            });
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
 /// Several sinks fed the same audio (what is heard, and a recording of it).
 #[derive(Default)]
 pub struct Tee {
@@ -271,6 +407,10 @@ impl AudioSink for Tee {
         self.sinks.iter().find_map(|s| s.recording_path(from))
     }
 
+    fn timeline(&self, from: &str) -> Option<(PathBuf, u64)> {
+        self.sinks.iter().find_map(|s| s.timeline(from))
+    }
+
     fn finish(&mut self) -> Result<(), AudioError> {
         let mut result = Ok(());
         for s in &mut self.sinks {
@@ -287,6 +427,7 @@ impl AudioSink for Tee {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::FRAME_SAMPLES;
 
     fn frame(from: &str, seq: u32, at_ms: u64, pcm: &[i16]) -> Played<'static> {
         let pcm: &'static [i16] = Box::leak(pcm.to_vec().into_boxed_slice());
@@ -304,6 +445,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = WavPerSender::create(dir.path()).unwrap();
         let ones = [1i16; FRAME_SAMPLES];
+        // 20 ms frames here.
         sink.play(frame("a", 10, 0, &ones)).unwrap();
         sink.play(frame("a", 12, 40, &ones)).unwrap(); // 11 lost: silence
         sink.play(frame("a", 11, 41, &ones)).unwrap(); // late: ignored
@@ -314,6 +456,40 @@ mod tests {
         assert_eq!(frames, 3 + MAX_GAP_FRAMES as usize + 1);
         assert_eq!(got[FRAME_SAMPLES], 0);
         assert_eq!(got[2 * FRAME_SAMPLES], 1);
+    }
+
+    #[test]
+    fn the_timeline_puts_each_sample_where_it_played() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = WavTimeline::create(dir.path(), 10_000).unwrap();
+        let frame_of = |v: i16| vec![v; 480];
+        // 10 ms frames at 50, 60, 70 ms; then one handed 4 ms late (84) and the next on
+        // time (90), overlapping its tail; then a pause of a second.
+        for (k, at) in [50u64, 60, 70, 84, 90].into_iter().enumerate() {
+            let v = i16::try_from(k + 1).unwrap();
+            sink.play(frame("a", k as u32, 10_000 + at, &frame_of(v)))
+                .unwrap();
+        }
+        sink.play(frame("a", 5, 10_000 + 1_100, &frame_of(9)))
+            .unwrap();
+        assert_eq!(
+            sink.timeline("a"),
+            Some((dir.path().join("a.timeline.wav"), 10_000))
+        );
+        sink.finish().unwrap();
+        let got = crate::media::audio::read_wav(&dir.path().join("a.timeline.wav")).unwrap();
+        let at = |ms: usize| got[ms * 48];
+        assert_eq!(got.len(), (1_100 + 10) * 48);
+        assert_eq!(at(49), 0);
+        assert_eq!(at(50), 1);
+        assert_eq!(at(69), 2);
+        assert_eq!(at(70), 3);
+        assert_eq!(at(80), 0, "the late frame left a gap");
+        assert_eq!(at(84), 4);
+        assert_eq!(at(90), 5, "the next frame replaced the late one's tail");
+        assert_eq!(at(99), 5);
+        assert_eq!(at(500), 0);
+        assert_eq!(at(1_100), 9);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
 
+use confab_protocol::wire::{FRAME_DURATIONS_MS, MAX_LOOKAHEAD_US};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -355,8 +356,11 @@ pub struct Media {
     pub start_s: f64,
     /// How long they talk, s (0 = until the end).
     pub duration_s: f64,
-    /// Audio per frame, ms.
+    /// Audio per frame, ms: 10, 20, 40 or 60 (what the media header carries).
     pub frame_ms: u32,
+    /// The codec's look-ahead, ms (Opus: 6.5; 2.5 in its low-delay mode). With the frame it
+    /// is the algorithmic delay that mouth-to-ear includes.
+    pub lookahead_ms: f64,
     /// Encoded frame size, bytes (80 = 32 kbit/s at 20 ms).
     pub payload_bytes: u32,
     /// A sender drops a frame rather than queue more than this much toward the uplink, ms.
@@ -375,6 +379,7 @@ impl Default for Media {
             start_s: 10.0,
             duration_s: 0.0,
             frame_ms: 20,
+            lookahead_ms: 6.5,
             payload_bytes: 80,
             sender_queue_ms: 100.0,
             jitter_min_delay_ms: 5,
@@ -640,8 +645,11 @@ impl Scenario {
         if !nonneg(m.duration_s) {
             bad(e, "media.duration_s", "must be >= 0");
         }
-        if !(2..=120).contains(&m.frame_ms) {
-            bad(e, "media.frame_ms", "must be between 2 and 120");
+        if !u8::try_from(m.frame_ms).is_ok_and(|f| FRAME_DURATIONS_MS.contains(&f)) {
+            bad(e, "media.frame_ms", "must be 10, 20, 40 or 60");
+        }
+        if !(nonneg(m.lookahead_ms) && m.lookahead_ms <= f64::from(MAX_LOOKAHEAD_US) / 1e3) {
+            bad(e, "media.lookahead_ms", "must be between 0 and 20");
         }
         if m.payload_bytes == 0 || m.payload_bytes > 1200 {
             bad(e, "media.payload_bytes", "must be between 1 and 1200");

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::audio::AudioError;
-use super::codec::FRAME_SAMPLES;
 use super::sink::{AudioSink, Played};
 use super::source::AudioSource;
 pub use convert::{downmix, from_i16, to_i16, upmix, Pacer, Resampler, MAX_LEAD};
@@ -185,8 +184,9 @@ impl DeviceSource {
 }
 
 impl AudioSource for DeviceSource {
-    fn next_frame(&mut self) -> Option<[i16; FRAME_SAMPLES]> {
-        Some(lock(&self.ring).pop_frame())
+    fn next_frame(&mut self, out: &mut [i16]) -> bool {
+        lock(&self.ring).pop_into(out);
+        true
     }
 }
 

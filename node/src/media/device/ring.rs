@@ -109,26 +109,34 @@ impl CaptureRing {
     /// The next 20 ms frame, or silence when none is ready.
     pub fn pop_frame(&mut self) -> [i16; FRAME_SAMPLES] {
         let mut frame = [0; FRAME_SAMPLES];
+        self.pop_into(&mut frame);
+        frame
+    }
+
+    /// Fills `frame` (of any length up to a 20 ms frame) with the next samples, or with
+    /// silence when not enough are ready.
+    pub fn pop_into(&mut self, frame: &mut [i16]) {
+        frame.fill(0);
         self.pulled = true;
         if !self.primed && self.buf.len() >= self.prime_level {
             self.primed = true;
         }
         if !self.primed {
-            return frame;
+            return;
         }
-        if self.buf.len() < FRAME_SAMPLES {
+        let n = frame.len();
+        if self.buf.len() < n {
             self.counts.underruns += 1;
             self.primed = false;
-            return frame;
+            return;
         }
         self.counts.level_sum += self.buf.len() as u64;
         self.counts.level_reads += 1;
-        for (slot, s) in frame.iter_mut().zip(self.buf.drain(..FRAME_SAMPLES)) {
+        for (slot, s) in frame.iter_mut().zip(self.buf.drain(..n)) {
             *slot = s;
         }
         self.counts.frames += 1;
         self.trim();
-        frame
     }
 
     /// Drops what a ring has held beyond its need for [`TRIM_AFTER`] pulls.

@@ -144,7 +144,7 @@ impl Raw {
             missed += a.missed;
             up_sum += a.up_kbps.iter().sum::<f64>();
             up_n += a.up_kbps.len();
-            all_m2e.extend(a.m2e.iter().map(|x| *x as f64));
+            all_m2e.extend(a.m2e.iter().copied());
             all_mos.extend(a.mos.iter().copied());
         }
         ms.frames_lost_ratio = if slots > 0 {
@@ -167,7 +167,7 @@ impl Raw {
 
 /// The media row of one room size.
 fn size_row(size: u32, a: &SizeAgg) -> SizeRow {
-    let m2e = Pct::of(a.m2e.iter().map(|x| *x as f64).collect());
+    let m2e = Pct::of(a.m2e.clone());
     let mos = Pct::of(a.mos.clone());
     let up = if a.up_kbps.is_empty() {
         0.0

@@ -14,13 +14,17 @@ impl Sim {
         if self.nodes[n].session != session || !self.media_on || self.now >= self.media_end {
             return;
         }
-        let now_ms = self.now_ms();
+        // The frame sent at this tick holds the audio of the frame interval before it: its
+        // first sample was captured a frame ago.
+        let captured_ms = self
+            .now_ms()
+            .saturating_sub(u64::from(self.sc.media.frame_ms));
         let Some(room) = self.nodes[n].state.as_mut() else {
             return;
         };
         let members: Vec<Vec<u8>> = room.members().map(|(k, _, _)| k.clone()).collect();
         if !members.is_empty() {
-            if let Ok(frame) = room.encrypt_media(now_ms, &self.payload, None) {
+            if let Ok(frame) = room.encrypt_media(captured_ms, &self.payload, None) {
                 self.send_media(n, &members, &frame);
             }
         }
@@ -136,9 +140,14 @@ impl Sim {
         }
         s.at = None;
         let agg = self.sizes.entry(size).or_default();
+        let lookahead_ms = f64::from(s.jb.config().lookahead_us) / 1e3;
+        let frame_ms = u64::from(s.jb.config().frame_ms);
         while let Some(p) = s.jb.poll_playout(now_ms) {
             if let Playout::Frame { capture_ts_ms, .. } = p {
-                agg.m2e.push(now_ms.saturating_sub(capture_ts_ms));
+                // The sample captured at `t` plays at `t` + this: the frame's wait from its
+                // first sample to playout, plus the codec's look-ahead.
+                let waited = now_ms.saturating_sub(capture_ts_ms).max(frame_ms);
+                agg.m2e.push(waited as f64 + lookahead_ms);
                 self.frames_played_total += 1;
             }
         }

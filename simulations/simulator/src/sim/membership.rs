@@ -57,13 +57,17 @@ impl Sim {
         };
         let seed = self.rng.seed32();
         let info = &self.rooms[r];
-        Room::new(
+        let mut room = Room::new(
             cfg,
             self.nodes[n].identity.clone(),
             info.id,
             &info.secret,
             seed,
-        )
+        );
+        // The scenario's frame and look-ahead were checked when it was loaded; a format the
+        // header cannot carry would leave the default (20 ms, 6.5 ms) in place.
+        let _ = room.set_media_format(self.media_format());
+        room
     }
 
     /// With churn: when this session of `n` ends.

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BinaryHeap};
 
 use confab_protocol::jitter::JitterConfig;
+use confab_protocol::wire::MediaFormat;
 
 use crate::nat::{NatKind, Path};
 use crate::report::{Connections, SeriesRow};
@@ -109,5 +110,13 @@ pub struct Sim {
 impl Sim {
     fn now_ms(&self) -> u64 {
         self.now / MS
+    }
+
+    /// The frame duration and look-ahead the members' media frames declare.
+    fn media_format(&self) -> MediaFormat {
+        MediaFormat {
+            frame_ms: u8::try_from(self.sc.media.frame_ms).unwrap_or(20),
+            lookahead_us: u16::try_from(self.jitter_cfg.lookahead_us).unwrap_or(6_500),
+        }
     }
 }

@@ -43,6 +43,7 @@ impl Sim {
         .min(end);
         let jitter_cfg = JitterConfig {
             frame_ms: sc.media.frame_ms,
+            lookahead_us: (sc.media.lookahead_ms * 1e3).round() as u32,
             min_delay_ms: sc.media.jitter_min_delay_ms,
             max_delay_ms: sc.media.jitter_max_delay_ms,
             percentile: sc.media.jitter_percentile,

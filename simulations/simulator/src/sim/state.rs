@@ -81,7 +81,9 @@ pub(super) struct Relay {
 pub(super) struct SizeAgg {
     pub(super) rooms: u64,
     pub(super) streams: u64,
-    pub(super) m2e: Vec<u64>,
+    /// Mouth-to-ear of every played frame, ms: the playout time of its samples minus their
+    /// capture time (framing, look-ahead, network, jitter buffer).
+    pub(super) m2e: Vec<f64>,
     pub(super) mos: Vec<f64>,
     pub(super) frames_sent: u64,
     pub(super) frames_dropped: u64,

@@ -329,6 +329,8 @@ impl Bed<'_> {
             a.extend(os(&["--duration", &self.args.seconds.to_string()]));
             a.push("--output-dir".into());
             a.push(self.wd.join(format!("heard-{}", e.label)).into_os_string());
+            a.push("--timeline-dir".into());
+            a.push(self.wd.join(format!("heard-{}", e.label)).into_os_string());
             if i > 0 {
                 for l in LISTEN {
                     a.extend(os(&["--listen", l]));
