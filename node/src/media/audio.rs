@@ -476,6 +476,33 @@ fn correlation_at(sent: &Series, heard: &Series, lag: usize, min_overlap: usize)
     Some(cov as f64 / ((var_x as f64).sqrt() * (var_y as f64).sqrt()))
 }
 
+/// Pearson correlation of `sent[k]` with `heard[lag + k]` over the `k` of the overlap that
+/// `keep(k)` keeps (0 when fewer than two are kept or either side is constant).
+pub fn correlation_where(
+    sent: &[i16],
+    heard: &[i16],
+    lag: usize,
+    keep: impl Fn(usize) -> bool,
+) -> f64 {
+    let n = sent.len().min(heard.len().saturating_sub(lag));
+    let (mut count, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0f64, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for k in (0..n).filter(|&k| keep(k)) {
+        let (x, y) = (f64::from(sent[k]), f64::from(heard[lag + k]));
+        count += 1.0;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        syy += y * y;
+        sxy += x * y;
+    }
+    let var_x = count * sxx - sx * sx;
+    let var_y = count * syy - sy * sy;
+    if count < 2.0 || var_x <= 0.0 || var_y <= 0.0 {
+        return 0.0;
+    }
+    (count * sxy - sx * sy) / (var_x.sqrt() * var_y.sqrt())
+}
+
 /// Minimum overlap for a lag to count: half of the shorter signal, so that lags at which only
 /// a sliver of the signals overlaps cannot win by chance.
 fn min_overlap(a: usize, b: usize) -> usize {

@@ -6,4 +6,4 @@ pub(crate) use confab_node::call::CallReport;
 pub(crate) use confab_node::clock::now_ms;
 pub(crate) use confab_node::media::audio::test_signal;
 pub(crate) use confab_node::media::FRAME_SAMPLES;
-pub(crate) use confab_node::score::{fmt_ms, pair_ok, score, NodeUsage, Pair, SIGNAL_SECS};
+pub(crate) use confab_node::score::{fmt_ms, score, verdict, NodeUsage, Pair, SIGNAL_SECS};

@@ -1,7 +1,7 @@
 //! Scoring a testbed call as `confab demo` scores one (the same code), plus the testbed's
 //! gap analysis, and printing the result.
 
-use super::node::{fmt_ms, pair_ok, score, CallReport, NodeUsage, FRAME_SAMPLES};
+use super::node::{fmt_ms, score, verdict, CallReport, NodeUsage, FRAME_SAMPLES};
 use super::report::{TestbedPair, TestbedReport};
 
 /// Scores every (sender, receiver) pair as `confab demo` does (the same code), plus the gap
@@ -155,7 +155,7 @@ fn print_pair(tp: &TestbedPair) {
         p.mos,
         p.correlation,
         fmt_ms(tp.longest_gap_ms),
-        if pair_ok(p) { "ok" } else { "FAIL" }
+        verdict(p)
     );
 }
 
