@@ -565,14 +565,30 @@ function badges(t, list) {
 function quality(m) {
   const s = m.stats;
   if (!s) return ['waiting for audio…', ''];
-  const lat = s.mouth_to_ear_p50_ms == null ? '–' : `${Math.round(s.mouth_to_ear_p50_ms)} ms`;
+  // The node's figure runs from the sender's capture tick to the frame handed to this
+  // page; what waits in this page's playout queue and the output's own latency come on top.
+  const here = playoutMs(m.peer);
+  const ms = (v) => (v == null ? '–' : `${Math.round(v + here)} ms`);
+  const lat = ms(s.mouth_to_ear_p50_ms);
   const total = s.frames_received + s.frames_lost;
   const loss = total ? (100 * s.frames_lost) / total : 0;
   const line = `${lat} · ${loss.toFixed(1)}% loss · MOS ${s.mos.toFixed(1)}`;
-  const detail = `latency p50 ${lat}, p95 ${s.mouth_to_ear_p95_ms == null ? '–' : Math.round(s.mouth_to_ear_p95_ms) + ' ms'}\n`
+  const detail = `mouth-to-ear p50 ${lat}, p95 ${ms(s.mouth_to_ear_p95_ms)}: `
+    + `node to node ${Math.round(s.mouth_to_ear_p50_ms ?? 0)} ms (framing and codec included) `
+    + `+ playout here ${Math.round(here)} ms; the sender's capture buffering is not included\n`
     + `jitter ${s.jitter_ms.toFixed(1)} ms\nframes ${s.frames_received} received, ${s.frames_lost} lost, `
     + `${s.frames_late} late, ${s.frames_concealed} concealed\nlevel ${s.level_dbfs.toFixed(0)} dBFS`;
   return [line, detail];
+}
+
+// What this page adds after the node handed a member's audio over: the playout queue
+// (as last reported) and the output's latency, ms.
+function playoutMs(peer) {
+  const p = diag.player[peer];
+  const queued = p ? p.queued / 48 : 0;
+  const ctx = ui.engine && ui.engine.ctx;
+  const out = ctx ? ((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000 : 0;
+  return queued + out;
 }
 
 function renderTiles(c) {
