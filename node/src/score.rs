@@ -287,29 +287,33 @@ fn on_the_signal(s: &CallReport, rx: &ReceivedStream, signal_len: usize) -> (Vec
     (found, counts)
 }
 
-/// Whether a pair worked: frames, correlation, enough chirps found, and none of them
-/// earlier than the algorithmic delay allows. This is what the demo's `ok` and exit code
-/// stand for; the latency targets are [`pair_meets_latency`].
+/// Whether a pair worked: frames, correlation, chirps found, and none of them earlier than
+/// the algorithmic delay allows. This is what the demo's `ok` and exit code stand for; the
+/// latency targets are [`pair_meets_latency`].
 pub fn pair_ok(p: &Pair) -> bool {
     p.frames_sent > 0
         && p.frames_received as f64 >= MIN_RECEIVED_SHARE * p.frames_sent as f64
         && p.correlation >= MIN_CORRELATION
-        && p.onsets.expected > 0
-        && p.onsets.found as f64 >= MIN_ONSETS_FOUND * p.onsets.expected as f64
+        && p.onsets.found > 0
         && p.onsets.min_ms.is_some_and(|m| m >= p.algorithmic_delay_ms)
 }
 
 /// Whether a pair's mouth-to-ear on the signal meets the latency targets on loopback
-/// (p50 <= 40 ms and p95 <= 60 ms at 20 ms frames, p50 <= 25 ms at 10 ms). Reported beside
-/// `ok`, not part of it: it is a figure of an otherwise idle machine, which a busy one
-/// misses without the call being broken.
+/// (p50 <= 40 ms and p95 <= 60 ms at 20 ms frames, p50 <= 25 ms at 10 ms), measured on at
+/// least [`MIN_ONSETS_FOUND`] of the chirps sent (a chirp played damaged — concealed, or
+/// cut where the buffer gave back delay — is not found, and a busy machine damages more).
+/// Reported beside `ok`, not part of it: these are figures of an otherwise idle machine,
+/// which a busy one misses without the call being broken.
 pub fn pair_meets_latency(p: &Pair) -> bool {
+    let measured = p.onsets.expected > 0
+        && p.onsets.found as f64 >= MIN_ONSETS_FOUND * p.onsets.expected as f64;
     let max_p50 = if p.frame_ms == 10 {
         MAX_P50_MS_10
     } else {
         MAX_P50_MS
     };
-    p.mouth_to_ear_ms.p50.is_some_and(|v| v <= max_p50)
+    measured
+        && p.mouth_to_ear_ms.p50.is_some_and(|v| v <= max_p50)
         && (p.frame_ms == 10 || p.mouth_to_ear_ms.p95.is_some_and(|v| v <= MAX_P95_MS))
 }
 

@@ -33,8 +33,12 @@ const CHIRP_HIGH_HZ: f64 = 5_000.0;
 /// Largest delay searched for, ms (less than a period, so that no chirp of the other kind
 /// either falls into a search).
 pub const MAX_DELAY_MS: usize = 240;
-/// Weakest normalised correlation with the chirp that counts as finding it.
-pub const MIN_MATCH: f64 = 0.6;
+/// Weakest normalised correlation with the (high-passed) chirp that counts as finding it.
+/// Measured on the timelines of an 8-person demo: 93 % of the real chirps match above 0.8
+/// (76 % above 0.9), while the best match anywhere else — speech, or a chirp cut by the
+/// jitter buffer giving back delay, which would be found early — stays under 0.8 in 99 %
+/// of 100 ms windows.
+pub const MIN_MATCH: f64 = 0.8;
 
 /// Samples in one chirp.
 const CHIRP_SAMPLES: usize = CHIRP_MS * SAMPLES_PER_MS;
