@@ -263,6 +263,96 @@ fn sweep_runs_the_grid_and_plots_against_the_parameter() {
     assert!(dir.path().join("run-001").join("summary.json").exists());
 }
 
+/// Every file under `dir` (relative path, bytes), leaving out the shard manifests.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    ) {
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if !p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .starts_with("shard-")
+            {
+                let rel = p.strip_prefix(root).expect("under root").to_path_buf();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn a_sweep_in_shards_merges_to_the_same_bytes_as_on_one_machine() {
+    use confab_simulator::sweep::{merge, sweep, sweep_shard, Param, Shard};
+    let text = override_param(&scenario_text("nat-census.toml"), "rooms.0.count", "8").expect("o");
+    let text = override_param(&text, "duration_s", "8.0").expect("o");
+    let params = vec![
+        Param::parse("nat.attempt_failure=0.0,0.5").expect("param"),
+        Param::parse("seed=1,2,3").expect("param"),
+    ];
+    let metrics = ["paths.relayed".to_string()];
+    let one = tempfile::tempdir().expect("tmp");
+    sweep(&text, "nat-census", &params, None, &metrics, one.path()).expect("sweep");
+
+    // Three shards on "three machines", merged into a fourth directory.
+    let shards: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        let shard = Shard::parse(&format!("{i}/3")).expect("shard");
+        let ran =
+            sweep_shard(&text, "nat-census", &params, None, shard, dir.path()).expect("shard");
+        assert_eq!(ran, 2, "6 points over 3 shards");
+    }
+    let merged = tempfile::tempdir().expect("tmp");
+    let inputs: Vec<PathBuf> = shards.iter().map(|d| d.path().to_path_buf()).collect();
+    let rows = merge(&inputs, &metrics, merged.path()).expect("merge");
+    assert_eq!(rows.len(), 6);
+    let (a, b) = (tree(one.path()), tree(merged.path()));
+    assert!(
+        a.keys().any(|k| k.ends_with("sweep.csv")) && a.len() > 6,
+        "{:?}",
+        a.keys()
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(b[k] == *v, "{} differs", k.display());
+    }
+
+    // Merging in place (every shard wrote to one shared directory) gives the same.
+    let shared = tempfile::tempdir().expect("tmp");
+    for i in 0..3 {
+        let shard = Shard::parse(&format!("{i}/3")).expect("shard");
+        sweep_shard(&text, "nat-census", &params, None, shard, shared.path()).expect("shard");
+    }
+    merge(&[shared.path().to_path_buf()], &metrics, shared.path()).expect("merge");
+    assert_eq!(tree(shared.path()), a);
+
+    // A missing shard, a shard of another sweep, a bad shard spec: clear errors.
+    let err = merge(&inputs[..2], &metrics, merged.path()).expect_err("missing");
+    assert!(err.to_string().contains("shard 2/3 is missing"), "{err}");
+    let other = tempfile::tempdir().expect("tmp");
+    let shard = Shard::parse("2/3").expect("shard");
+    sweep_shard(&text, "nat-census", &params, Some(99), shard, other.path()).expect("shard");
+    let mixed = vec![
+        inputs[0].clone(),
+        inputs[1].clone(),
+        other.path().to_path_buf(),
+    ];
+    let err = merge(&mixed, &metrics, merged.path()).expect_err("mixed");
+    assert!(err.to_string().contains("another sweep"), "{err}");
+    for bad in ["3/3", "1/0", "x/2", "1", "-1/2"] {
+        assert!(Shard::parse(bad).is_err(), "{bad}");
+    }
+}
+
 #[test]
 fn bad_scenarios_name_the_field_and_the_line() {
     // Unknown field (serde): named, with its line.

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use confab_simulator::report::write_all;
 use confab_simulator::scenario::Scenario;
-use confab_simulator::sweep::{sweep, Param};
+use confab_simulator::sweep::{merge, sweep, sweep_shard, Param, Shard};
 
 mod testbed;
 
@@ -52,6 +52,22 @@ enum Cmd {
         out: PathBuf,
         #[arg(long)]
         seed: Option<u64>,
+        /// Run only shard I of N (0-based: the grid points i with i % N == I) and write its
+        /// runs with a manifest; `confab-sim merge` joins the shards.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+    },
+    /// Join the shards of a sweep (directories written by `sweep --shard`) into one output:
+    /// the runs, sweep.csv and the plots, as the sweep on one machine writes them.
+    Merge {
+        /// Directories holding shard outputs (the output directory may be one of them).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Summary metric to plot (dotted path); repeatable; as for `sweep`.
+        #[arg(long)]
+        metric: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run the real binaries in network namespaces behind kernel NAT and hold one call.
     Testbed(testbed::TestbedArgs),
@@ -80,7 +96,24 @@ fn main() -> Result<()> {
             metric,
             out,
             seed,
-        } => run_sweep(&scenario, &param, &metric, &out, seed),
+            shard,
+        } => match shard {
+            Some(shard) => run_shard(&scenario, &param, &shard, &out, seed),
+            None => run_sweep(&scenario, &param, &metric, &out, seed),
+        },
+        Cmd::Merge {
+            inputs,
+            metric,
+            out,
+        } => {
+            let rows = merge(&inputs, &metric, &out)?;
+            println!(
+                "{} runs merged; wrote {}",
+                rows.len(),
+                out.join("sweep.csv").display()
+            );
+            Ok(())
+        }
         Cmd::Testbed(args) => testbed::main(&args),
         Cmd::Bench {
             scenario,
@@ -162,6 +195,38 @@ fn run_sweep(
         "{} runs; wrote {}",
         rows.len(),
         out.join("sweep.csv").display()
+    );
+    Ok(())
+}
+
+/// `confab-sim sweep --shard I/N`.
+fn run_shard(
+    scenario: &Path,
+    param: &[String],
+    shard: &str,
+    out: &Path,
+    seed: Option<u64>,
+) -> Result<()> {
+    let src = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let params = param
+        .iter()
+        .map(|p| Param::parse(p))
+        .collect::<confab_simulator::Result<Vec<_>>>()?;
+    let shard = Shard::parse(shard)?;
+    let n = sweep_shard(
+        &src,
+        &scenario.display().to_string(),
+        &params,
+        seed,
+        shard,
+        out,
+    )?;
+    println!(
+        "shard {}/{}: {n} runs in {}",
+        shard.index,
+        shard.count,
+        out.display()
     );
     Ok(())
 }

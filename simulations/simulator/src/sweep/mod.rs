@@ -1,4 +1,5 @@
-//! Parameter sweeps: the same scenario over a grid of overridden values, in parallel.
+//! Parameter sweeps: the same scenario over a grid of overridden values, in parallel, on one
+//! machine ([`sweep`]) or in slices on many ([`sweep_shard`], then [`merge`]).
 
 use std::path::Path as FsPath;
 
@@ -6,8 +7,12 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::plot::{line_chart, Series};
-use crate::report::{summary_json, write_all, RunOutput};
+use crate::report::{summary_json, write_all};
 use crate::scenario::{override_param, Scenario};
+
+mod shards;
+
+pub use shards::{merge, sweep_shard, Shard};
 
 /// One `--param KEY=V1,V2,...`.
 #[derive(Debug, Clone)]
@@ -63,10 +68,10 @@ pub const DEFAULT_METRICS: &[&str] = &[
 ];
 
 /// One sweep's rows: each grid point's values and its summary as JSON.
-type Rows = Vec<(Vec<String>, serde_json::Value)>;
+pub type Rows = Vec<(Vec<String>, serde_json::Value)>;
 
 /// Runs the grid (the cartesian product of the params) in parallel; writes each run into
-/// `out/<i>/`, a `sweep.csv` and one plot per metric against the first parameter.
+/// `out/run-<i>/`, a `sweep.csv` and one plot per metric against the first parameter.
 pub fn sweep(
     src: &str,
     file: &str,
@@ -76,30 +81,53 @@ pub fn sweep(
     out: &FsPath,
 ) -> Result<Rows> {
     let grid = grid(params);
+    let done = run_points(src, file, params, &grid, seed, Shard::ALL, out)?;
+    let rows: Rows = grid
+        .into_iter()
+        .zip(done.into_iter().map(|(_, v)| v))
+        .collect();
+    finish(params, metrics, &rows, out)?;
+    Ok(rows)
+}
+
+/// Runs the grid points `shard` takes, in parallel, each into `out/run-<i>/` (`i` its
+/// index in the whole grid); returns each point's index and summary.
+fn run_points(
+    src: &str,
+    file: &str,
+    params: &[Param],
+    grid: &[Vec<String>],
+    seed: Option<u64>,
+    shard: Shard,
+    out: &FsPath,
+) -> Result<Vec<(usize, serde_json::Value)>> {
     let mut scenarios = Vec::new();
-    for g in &grid {
+    for (i, g) in grid.iter().enumerate().filter(|(i, _)| shard.takes(*i)) {
         let mut text = src.to_string();
         for (p, v) in params.iter().zip(g) {
             text = override_param(&text, &p.key, v)?;
         }
-        scenarios.push(Scenario::parse(&text, file)?);
+        scenarios.push((i, Scenario::parse(&text, file)?));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let results: Vec<Result<(RunOutput, serde_json::Value)>> = scenarios
+    scenarios
         .par_iter()
-        .enumerate()
         .map(|(i, sc)| {
             let o = crate::sim::run(sc, seed, &mut |_, _| {});
-            write_all(&o, &out.join(format!("run-{i:03}")))?;
+            write_all(&o, &out.join(run_dir(*i)))?;
             let v: serde_json::Value = serde_json::from_slice(&summary_json(&o.summary)?)?;
-            Ok((o, v))
+            Ok((*i, v))
         })
-        .collect();
-    let mut rows = Vec::new();
-    for (g, r) in grid.iter().zip(results) {
-        let (_, v) = r?;
-        rows.push((g.clone(), v));
-    }
+        .collect()
+}
+
+/// The directory of grid point `i` in a sweep's output.
+fn run_dir(i: usize) -> String {
+    format!("run-{i:03}")
+}
+
+/// What a sweep writes once every point has run: `sweep.csv` and the plots.
+fn finish(params: &[Param], metrics: &[String], rows: &Rows, out: &FsPath) -> Result<()> {
     let metrics: Vec<String> = if metrics.is_empty() {
         DEFAULT_METRICS
             .iter()
@@ -109,17 +137,17 @@ pub fn sweep(
     } else {
         metrics.to_vec()
     };
-    write_csv(params, &metrics, &rows, out)?;
+    write_csv(params, &metrics, rows, out)?;
     if let Some(first) = params.first() {
         for m in &metrics {
-            plot_metric(params, first, m, &rows, out)?;
+            plot_metric(params, first, m, rows, out)?;
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// The cartesian product of the params' values, the first param varying slowest.
-fn grid(params: &[Param]) -> Vec<Vec<String>> {
+pub fn grid(params: &[Param]) -> Vec<Vec<String>> {
     let mut grid: Vec<Vec<String>> = vec![Vec::new()];
     for p in params {
         let mut next = Vec::new();
