@@ -141,9 +141,22 @@ mod tempfile_dir {
     }
 }
 
-fn spawn_relay(exe: &std::path::Path, n: usize) -> Result<RelayProcess, Error> {
+/// The relay's command: this binary, under `taskset -c CPUS` when pinned (taskset execs
+/// it, so the child's pid is the relay's).
+fn relay_command(exe: &std::path::Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
+fn spawn_relay(exe: &std::path::Path, n: usize, cpus: Option<&str>) -> Result<RelayProcess, Error> {
     let dir = tempfile_dir::TempDir::new("bench").map_err(|e| Error::Bench(e.to_string()))?;
-    let mut child = Command::new(exe)
+    let mut child = relay_command(exe, cpus)
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
@@ -152,6 +165,9 @@ fn spawn_relay(exe: &std::path::Path, n: usize) -> Result<RelayProcess, Error> {
         .args(["--max-reservations", "100000"])
         .args(["--circuits-per-peer-per-hour", "0"])
         .args(["--reservations-per-peer-per-hour", "0"])
+        // Every bench client is on 127.0.0.1: lift the per-IP caps too.
+        .args(["--max-reservations-per-ip", "0"])
+        .args(["--max-circuits-per-ip", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -215,7 +231,7 @@ struct Stats {
 }
 
 async fn run_one(exe: &std::path::Path, n: usize, args: &BenchArgs) -> Result<Row, Error> {
-    let relay = spawn_relay(exe, n)?;
+    let relay = spawn_relay(exe, n, args.relay_cpus.as_deref())?;
     let pid = relay.child.id().to_string();
     let (_, rss_idle) = proc_usage(&pid)?;
     let interval = Duration::from_millis(args.frame_ms.max(1));

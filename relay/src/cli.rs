@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Frame payload in bytes.
     #[arg(long, default_value_t = 80)]
     pub frame_bytes: usize,
+    /// CPUs the relay process is pinned to (a `taskset -c` list, e.g. `0`), so that it and
+    /// the load generator (pin this process with `taskset`) do not share a core.
+    #[arg(long, value_name = "LIST")]
+    pub relay_cpus: Option<String>,
 }
 
 /// Flags of the relay; each overrides the corresponding config-file value.
