@@ -196,6 +196,20 @@ fn a_call_between_two_file_devices_is_heard_at_both_ends() {
             .unwrap_or_else(|| panic!("{other} not heard: {v}"));
         let frames = heard["frames_received"].as_u64().unwrap();
         assert!(frames >= 50, "{other}: {frames} frames");
+        // The speaker's ring is in the mouth-to-ear figure, the microphone's beside it.
+        let speaker = heard["device_playout_ms"].as_f64().expect("speaker ring");
+        let m2e = heard["mouth_to_ear_p50_ms"].as_f64().expect("m2e");
+        let tb = heard["transit_buffer_p50_ms"].as_f64().expect("t+b");
+        let algo = heard["algorithmic_delay_ms"].as_f64().expect("algo");
+        assert!(speaker > 0.0, "{heard}");
+        assert!((m2e - (tb + algo + speaker)).abs() < 0.01, "{heard}");
+        assert!(
+            v["sending"]["device_capture_ms"]
+                .as_f64()
+                .expect("mic ring")
+                >= 0.0,
+            "{v}"
+        );
         let (freq, secs) = loud_frequency(&read_raw(out));
         eprintln!(
             "{}: {secs:.2} s of sound at {freq:.1} Hz, {frames} frames",

@@ -124,6 +124,7 @@ impl Capture {
             frame_ms: f.frame_ms,
             lookahead_us: f.lookahead_us,
             capture_origin_ms: self.origin_ms,
+            device_capture_ms: None,
         }
     }
 

@@ -225,6 +225,7 @@ impl Receiver {
             output,
             timeline,
             recording: self.recording,
+            device_playout_ms: None,
         }
     }
 }

@@ -37,6 +37,11 @@ pub struct ReceivedStream {
     #[serde(default)]
     pub timeline: Option<TimelineFile>,
     pub recording: bool,
+    /// What our speaker's ring held on average, ms, when the call played to a device
+    /// (`confab call --speaker`); the mouth-to-ear figures above include it. The sender's
+    /// microphone ring is on the sender's side and in its report (`sending`), not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_playout_ms: Option<f64>,
 }
 
 /// How our own stream was timed: what a receiver's mouth-to-ear measurement needs.
@@ -49,6 +54,11 @@ pub struct Sending {
     /// Capture time of the first sample we sent, ms since the Unix epoch: sample `n` of our
     /// stream was captured at `capture_origin_ms + n / 48`.
     pub capture_origin_ms: u64,
+    /// What our microphone's ring held on average, ms, when the call captured from a device
+    /// (`confab call --mic`): how much later than captured each frame was taken. A
+    /// receiver's mouth-to-ear leaves it out (it cannot see it); add it for the whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_capture_ms: Option<f64>,
 }
 
 /// Where a receiver laid one sender's audio on its playout timeline.

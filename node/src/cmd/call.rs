@@ -227,6 +227,7 @@ pub(super) fn run(dir: &Path, args: CallArgs) -> Result<(), Failure> {
         tracing::warn!(error = %e, "cannot record the call in the history");
     }
     drop(store);
+    let report = with_device_buffers(report, &devices);
     for (label, m) in &devices {
         eprintln!("{}", device_summary(label, m));
     }
@@ -385,6 +386,27 @@ async fn follow(
 }
 
 /// What a device did during the call (on stderr after it).
+/// The report with what our devices' rings held: the speaker's ring is added to every
+/// stream's mouth-to-ear (a frame handed to the speaker waits there before it sounds), the
+/// microphone's is reported with our sending side.
+fn with_device_buffers(mut report: CallReport, devices: &Devices) -> CallReport {
+    let ring = |label: &str| {
+        devices
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, m)| m.stats().ring_ms_mean)
+    };
+    if let Some(ms) = ring("speaker") {
+        for r in &mut report.received {
+            r.mouth_to_ear_p50_ms = r.mouth_to_ear_p50_ms.map(|v| v + ms);
+            r.mouth_to_ear_p95_ms = r.mouth_to_ear_p95_ms.map(|v| v + ms);
+            r.device_playout_ms = Some(ms);
+        }
+    }
+    report.sending.device_capture_ms = ring("mic");
+    report
+}
+
 fn device_summary(label: &str, m: &DeviceMonitor) -> String {
     let s = m.stats();
     let o = &m.opened;
