@@ -206,6 +206,14 @@ impl ViewState {
         )
     }
 
+    /// What the speaker's ring holds on average, ms (0 without a speaker device).
+    fn speaker_ring_ms(&self) -> f64 {
+        self.devices
+            .iter()
+            .find(|d| d.label == "speaker")
+            .map_or(0.0, |d| d.stats.ring_ms_mean)
+    }
+
     fn member_line(&self, peer: &str, m: &Member) -> String {
         let name = fit(&who(&m.name, peer), 24);
         let (speaking, latency, loss, mos) = match self.stream(peer) {
@@ -221,8 +229,10 @@ impl ViewState {
                 } else {
                     format!("{:.1}%", 100.0 * s.frames_lost as f64 / total as f64)
                 };
+                // The speaker's ring, when there is one, is part of the way to the ear.
                 let latency = s
                     .mouth_to_ear_p50_ms
+                    .map(|v| v + self.speaker_ring_ms())
                     .map_or_else(|| "—".to_owned(), |v| format!("{v:.0} ms"));
                 let mos = if s.frames_received == 0 {
                     "—".to_owned()
@@ -541,6 +551,25 @@ mod tests {
         assert_eq!(frame, expected, "\n{}", frame.join("\n"));
         // Narrow terminals get cut lines, never wrapped ones.
         assert!(v.render(20).iter().all(|l| l.chars().count() <= 20));
+        // With a speaker device, its ring is part of the latency shown.
+        v.devices.push(DeviceLine {
+            label: "speaker",
+            opened: Opened {
+                id: "default".into(),
+                rate: 48_000,
+                channels: 2,
+                format: "f32".into(),
+            },
+            stats: DeviceStats {
+                ring_ms_mean: 24.0,
+                ..DeviceStats::default()
+            },
+        });
+        let frame = v.render(100);
+        assert!(frame[3].contains(" 85 ms "), "{}", frame[3]);
+        assert!(frame
+            .iter()
+            .any(|l| l.contains("speaker default (48000 Hz, 2 ch, f32): ring 24 ms")));
     }
 
     #[test]
