@@ -197,19 +197,30 @@ async fn start_track(m: &mut Member, track: &str) {
 /// How many frames of `peer`'s `track` page `m` drew.
 fn decoded_expr(peer: &str, track: &str) -> String {
     format!(
-        "((confabDiag.video.recv[{:?}] || {{}}).decoded || 0)",
+        "((confabDiag.video.stats.recv[{:?}] || {{}}).decoded || 0)",
         format!("{peer}/{track}")
     )
 }
 
 async fn camera_figures(from: &mut Member, to: &mut Member) -> VideoFigures {
-    let sent = from.page.eval("confabDiag.video.sent.camera").await;
+    let sent = from
+        .page
+        .eval("confabDiag.video.full().then(d => d.lists.sent.camera)")
+        .await;
     let key = format!("{}/camera", from.peer);
     let recv = to
         .page
-        .eval(&format!("confabDiag.video.recv[{key:?}]"))
+        .eval(&format!(
+            "confabDiag.video.full().then(d => ({{frames: d.lists.recv[{key:?}], \
+               width: d.stats.recv[{key:?}].width, height: d.stats.recv[{key:?}].height}}))"
+        ))
         .await;
     let f = figures(&sent, &recv);
+    let sender = from
+        .page
+        .eval("JSON.stringify(confabDiag.video.stats.sent)")
+        .await;
+    eprintln!("  sender's page: {}", sender.as_str().unwrap_or(""));
     let node = to
         .page
         .eval("JSON.stringify(confabDiag.media && confabDiag.media.video)")
@@ -307,14 +318,15 @@ async fn screen_share_is_shown_large(a: &mut Member, b: &mut Member) {
             "screen frames drawn",
         )
         .await;
+    let key = format!("{peer}/screen");
     let shown = b
         .page
-        .eval(
-            "(() => { const s = document.getElementById('stage'); const c = s.querySelector('canvas'); \
-              const t = document.querySelector('.tile canvas'); \
-              return [!s.hidden, c ? c.width : 0, c ? c.height : 0, c ? c.getBoundingClientRect().width : 0, \
-                      t ? t.getBoundingClientRect().width : 0]; })()",
-        )
+        .eval(&format!(
+            "(() => {{ const s = document.getElementById('stage'); const c = s.querySelector('canvas'); \
+               const t = document.querySelector('.tile canvas'); const r = confabDiag.video.stats.recv[{key:?}]; \
+               return [!s.hidden, r.width, r.height, c ? c.getBoundingClientRect().width : 0, \
+                       t ? t.getBoundingClientRect().width : 0]; }})()"
+        ))
         .await;
     eprintln!("screen share at Bob after {took:?}: [shown, width, height, css width, tile css width] = {shown}");
     assert_eq!(shown[0], Value::Bool(true), "the stage is shown");

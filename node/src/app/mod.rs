@@ -61,6 +61,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("web/video.js"),
     ),
     (
+        "/video-worker.js",
+        "text/javascript; charset=utf-8",
+        include_str!("web/video-worker.js"),
+    ),
+    (
         "/capture-worklet.js",
         "text/javascript; charset=utf-8",
         include_str!("web/capture-worklet.js"),
