@@ -1,14 +1,15 @@
 //! The tasks that move video on `/confab/video/1`, apart from audio.
 //!
-//! Toward each member: a [`VideoQueue`] bounded in bytes, into which whole frames go or not
-//! at all (a frame that does not fit is dropped and reported, so the sender can thin what it
+//! Toward each member: a [`VideoQueue`] bounded in bytes and in waiting time, into which
+//! whole frames go or not at all (a frame that does not fit, or comes while the oldest one
+//! has waited [`VIDEO_QUEUE_DELAY`], is dropped and reported, so the sender can thin what it
 //! sends that peer), and a writer task that opens the stream when there is something to
 //! send. From each member: reader tasks that hand every message to the driver on a queue of
 //! its own ([`VIDEO_INBOUND_QUEUE`]), never waiting (a full queue drops the message).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use confab_protocol::video::wire::MAX_VIDEO_MESSAGE;
 use futures::{AsyncWriteExt, StreamExt};
@@ -21,6 +22,9 @@ use super::swarm::VIDEO_PROTOCOL;
 
 /// Bytes of video queued toward one peer (about 0.7 s of a 3 Mbit/s camera and screen).
 pub const VIDEO_QUEUE_BYTES: usize = 256 * 1024;
+/// A frame is refused while the oldest one queued has waited this long: the link toward
+/// the peer does not keep up, and waiting longer would only add latency.
+pub const VIDEO_QUEUE_DELAY: Duration = Duration::from_millis(150);
 /// Small messages (keyframe requests) queued toward one peer beyond the byte bound.
 const CONTROL_MESSAGES: usize = 8;
 /// Video messages queued from stream tasks to the driver.
@@ -42,7 +46,7 @@ pub struct VideoInbound {
 
 #[derive(Default)]
 struct QueueState {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<(Instant, Vec<u8>)>,
     bytes: usize,
     controls: VecDeque<Vec<u8>>,
     closed: bool,
@@ -71,11 +75,16 @@ impl VideoQueue {
         let Ok(mut g) = self.inner.lock() else {
             return false;
         };
-        if g.closed || g.bytes + len > VIDEO_QUEUE_BYTES {
+        let now = Instant::now();
+        let late = g
+            .frames
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= VIDEO_QUEUE_DELAY);
+        if g.closed || late || g.bytes + len > VIDEO_QUEUE_BYTES {
             return false;
         }
         g.bytes += len;
-        g.frames.extend(messages.iter().cloned());
+        g.frames.extend(messages.iter().map(|m| (now, m.clone())));
         drop(g);
         self.notify.notify_one();
         true
@@ -126,7 +135,7 @@ impl VideoQueue {
                 if let Some(m) = g.controls.pop_front() {
                     return Some(m);
                 }
-                if let Some(m) = g.frames.pop_front() {
+                if let Some((_, m)) = g.frames.pop_front() {
                     g.bytes -= m.len();
                     return Some(m);
                 }

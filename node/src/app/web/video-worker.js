@@ -129,8 +129,6 @@ class Sender {
   }
 
   encode(frame, t) {
-    // How long after the frame's own timestamp (if that is on this clock) it got here.
-    stats.sent[this.name].stampLagMs = t - (performance.timeOrigin + frame.timestamp / 1000);
     this.captured.set(frame.timestamp, t);
     if (this.captured.size > 64) this.captured.delete(this.captured.keys().next().value);
     if (DIAG && lists.sent[this.name].length < 20000) {
