@@ -357,6 +357,27 @@ async fn three_scenario(dir: &Path) {
     }
 }
 
+/// CPU time a process has used, s (Linux; `None` elsewhere).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Share of a core each member's node used over `secs`.
+async fn node_cpu(ms: &[Member], secs: f64) -> Vec<f64> {
+    let pids: Vec<u32> = ms.iter().map(|m| m.app.child.id()).collect();
+    let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p).unwrap_or(0.0)).collect();
+    // A rate over time: this wait is the measurement.
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| (cpu_secs(*p).unwrap_or(0.0) - b) / secs)
+        .collect()
+}
+
 async fn video_scenario(dir: &Path) {
     let mut ms = vec![
         video_member(dir, "Ann", 1).await,
@@ -368,10 +389,15 @@ async fn video_scenario(dir: &Path) {
     for m in &mut ms {
         wait_names(m, &["Ann", "Bob"]).await;
     }
+    let audio_only = node_cpu(&ms, 3.0).await;
     for m in &mut ms {
         start_track(m, "camera").await;
     }
     all_cameras(&mut ms).await;
+    let with_video = node_cpu(&ms, 3.0).await;
+    eprintln!(
+        "node CPU, share of a core: audio only {audio_only:.3?}, audio and one camera each way {with_video:.3?}"
+    );
     let (a, b) = two(&mut ms, 0, 1);
     hear_each_other(a, b).await;
     screen_share_is_shown_large(a, b).await;
