@@ -201,7 +201,8 @@ async fn the_relay_forwards_no_video_frame_it_could_read() {
         got.len()
     );
     assert!(got == sent, "Bob got exactly what Ann sent, in order");
-    let capture = capture.lock().unwrap();
+    // A copy: the forwarder's tasks take the lock, so none is held while anything is awaited.
+    let capture = capture.lock().unwrap().clone();
     let total: usize = capture.iter().map(Vec::len).sum();
     eprintln!(
         "the relay forwarded {total} bytes over {} directions",
@@ -219,8 +220,6 @@ async fn the_relay_forwards_no_video_frame_it_could_read() {
             );
         }
     }
-    // The forwarder's tasks take this lock: let go of it before anything more is awaited.
-    drop(capture);
     b.leave().await.unwrap();
     a.leave().await.unwrap();
     na.shutdown().await;

@@ -21,7 +21,7 @@ const STALE_MS = 2000;
 // canvases handed to it.
 const worker = new Worker('/video-worker.js');
 
-// What tests read back (with `diag`): the worker's counters (four times a second), and
+// What tests read back (with `diag`): the worker's counters (five times a second), and
 // `full()`, a promise of everything it noted: per frame sent, its number (read from the
 // pixels) and capture time; per frame drawn, its number and when it was drawn.
 const vdiag = {
