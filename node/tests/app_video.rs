@@ -220,7 +220,15 @@ async fn camera_figures(from: &mut Member, to: &mut Member) -> VideoFigures {
         .page
         .eval("JSON.stringify(confabDiag.video.stats.sent)")
         .await;
-    eprintln!("  sender's page: {}", sender.as_str().unwrap_or(""));
+    let receiver = to
+        .page
+        .eval("JSON.stringify(confabDiag.video.stats.recv)")
+        .await;
+    eprintln!(
+        "  sender's page: {}\n  receiver's page (delayMs: held for lip sync): {}",
+        sender.as_str().unwrap_or(""),
+        receiver.as_str().unwrap_or("")
+    );
     let node = to
         .page
         .eval("JSON.stringify(confabDiag.media && confabDiag.media.video)")
@@ -410,7 +418,7 @@ async fn screen_share_is_shown_large(a: &mut Member, b: &mut Member) {
         .page
         .wait_for(
             &format!("{} >= 30", decoded_expr(&peer, "screen")),
-            Duration::from_secs(20),
+            Duration::from_secs(30),
             "screen frames drawn",
         )
         .await;

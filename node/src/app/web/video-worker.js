@@ -16,6 +16,10 @@ const PART_HEADER = 24;
 // An encoder with this many frames waiting is behind: new frames are skipped.
 const MAX_ENCODE_QUEUE = 3;
 const KINDS = { camera: 1, screen: 2 };
+// Decoded frames held for lip sync, per member's track; beyond that the oldest is drawn.
+const MAX_HELD = 8;
+// Longest a decoded frame is held for lip sync, ms.
+const MAX_SYNC_MS = 300;
 let DIAG = false;
 
 const wallNow = () => performance.timeOrigin + performance.now();
@@ -198,13 +202,17 @@ class Remote {
     this.canvas = canvas;
     this.ctx2d = canvas.getContext('2d');
     this.decoder = null;
-    stats.recv[key] = { decoded: 0, errors: 0, width: 0, height: 0 };
+    this.captures = new Map(); // chunk timestamp -> the sender's capture time, ms
+    this.held = []; // decoded frames waiting for their time: {frame, due}
+    this.timer = null;
+    this.delayMs = 0;
+    stats.recv[key] = { decoded: 0, errors: 0, width: 0, height: 0, delayMs: 0 };
     lists.recv[key] = lists.recv[key] || [];
   }
 
   newDecoder() {
     this.decoder = new VideoDecoder({
-      output: (frame) => this.draw(frame),
+      output: (frame) => this.hold(frame),
       error: (e) => {
         log(`${this.key} decoder: ${e.message}`);
         stats.recv[this.key].errors++;
@@ -223,7 +231,29 @@ class Remote {
       this.decoder.configure({ codec: 'vp8', hardwareAcceleration: 'no-preference', optimizeForLatency: true });
     }
     const data = new Uint8Array(buf, 33 + plen);
+    this.captures.set(seq * 1000, v.getFloat64(16, true));
+    if (this.captures.size > 64) this.captures.delete(this.captures.keys().next().value);
     this.decoder.decode(new EncodedVideoChunk({ type: key ? 'key' : 'delta', timestamp: seq * 1000, data }));
+  }
+
+  // Lip sync: a frame is drawn when the member's audio captured with it plays here (the
+  // main thread tells the delay), at most MAX_SYNC_MS after it was decoded.
+  hold(frame) {
+    const now = wallNow();
+    const capture = this.captures.get(frame.timestamp);
+    this.captures.delete(frame.timestamp);
+    const due = capture === undefined ? now : capture + this.delayMs;
+    this.held.push({ frame, due: Math.min(Math.max(due, now), now + MAX_SYNC_MS) });
+    this.pump();
+  }
+
+  pump() {
+    clearTimeout(this.timer);
+    const now = wallNow();
+    while (this.held.length && (this.held[0].due <= now || this.held.length > MAX_HELD)) {
+      this.draw(this.held.shift().frame);
+    }
+    if (this.held.length) this.timer = setTimeout(() => this.pump(), this.held[0].due - now);
   }
 
   draw(frame) {
@@ -249,6 +279,9 @@ class Remote {
   }
 
   close() {
+    clearTimeout(this.timer);
+    for (const h of this.held) h.frame.close();
+    this.held = [];
     if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
   }
 }
@@ -279,6 +312,12 @@ const handlers = {
     const r = remotes.get(m.key);
     if (!r) return;
     try { r.decode(m.buf); } catch (e) { log(`${m.key} decode: ${e.message}`); }
+  },
+  sync(m) {
+    const r = remotes.get(m.key);
+    if (!r) return;
+    r.delayMs = m.delayMs;
+    stats.recv[m.key].delayMs = m.delayMs;
   },
   drop(m) {
     const r = remotes.get(m.key);

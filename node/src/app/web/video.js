@@ -15,6 +15,9 @@ const KIND_NAMES = { 1: 'camera', 2: 'screen' };
 const wallNow = () => performance.timeOrigin + performance.now();
 // A remote track with no frame for this long is taken as stopped.
 const STALE_MS = 2000;
+// Video is drawn this much ahead of the audio captured with it at most (lip sync: people
+// notice video behind audio sooner than ahead of it, and audio waits in more buffers).
+const LIPSYNC_LEAD_MS = 40;
 
 // Encoding and decoding run in a worker (video-worker.js), off this thread, which carries
 // the audio: the worker gets the camera's frames and the members' messages, and draws on
@@ -256,6 +259,28 @@ function sweep() {
   }
 }
 
+// How long after its capture a member's audio plays here, ms: the node's figure to its
+// playout, the page's playout queue, the audio output; null while unknown.
+function audioDelay(peer) {
+  const m = ui.call && ui.call.members && ui.call.members[peer];
+  const node = m && m.stats && m.stats.mouth_to_ear_p50_ms;
+  if (typeof node !== 'number') return null;
+  const player = diag.player[peer];
+  const queued = player ? player.queued / 48 : 0;
+  const ctx = ui.engine && ui.engine.ctx;
+  const out = ctx ? ((ctx.outputLatency || 0) + (ctx.baseLatency || 0)) * 1000 : 0;
+  return node + queued + out;
+}
+
+// Each member's video waits for its audio (see video-worker.js).
+function syncToAudio() {
+  for (const r of remotes.values()) {
+    const audio = audioDelay(r.peer);
+    const delayMs = audio === null ? 0 : Math.max(0, audio - LIPSYNC_LEAD_MS);
+    worker.postMessage({ type: 'sync', key: r.key, delayMs });
+  }
+}
+
 function stopAllVideo() {
   stopTrack('camera');
   stopTrack('screen');
@@ -270,6 +295,7 @@ function wireVideo() {
     if (senders.camera) startCamera().catch((e) => setError('call-error', `Cannot switch the camera: ${e.message}`));
   });
   setInterval(sweep, 500);
+  setInterval(syncToAudio, 200);
 }
 
 window.confabVideo = {
