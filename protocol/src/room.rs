@@ -990,20 +990,6 @@ impl Room {
         self.cfg.addrs = addrs;
     }
 
-    /// Our current sender key and its epoch (the video track derives its keys from it).
-    pub fn media_key(&self) -> (u32, &MediaKey) {
-        (self.sender.epoch(), self.sender.key())
-    }
-
-    /// The media key of `epoch` of `peer`, an admitted member (see
-    /// [`crate::crypto::ReceiverKeys::key_for`]).
-    pub fn member_key(&self, peer: &[u8], epoch: u32) -> Option<MediaKey> {
-        match self.peers.get(peer) {
-            Some(PeerState::Member(m)) if m.hello.is_some() => m.keys.key_for(epoch),
-            _ => None,
-        }
-    }
-
     /// Encrypts one media payload once, for every member. Returns the encoded frame.
     /// An empty payload is refused (receivers drop it as malformed).
     pub fn encrypt_media(
@@ -1065,6 +1051,20 @@ impl Room {
                 self.counters.media_decrypt_failures += 1;
                 Err(e)
             }
+        }
+    }
+
+    /// Our current sender key and its epoch (the video track derives its keys from it).
+    pub fn media_key(&self) -> (u32, &MediaKey) {
+        (self.sender.epoch(), self.sender.key())
+    }
+
+    /// The media key of `epoch` of `peer`, an admitted member (see
+    /// [`crate::crypto::ReceiverKeys::key_for`]).
+    pub fn member_key(&self, peer: &[u8], epoch: u32) -> Option<MediaKey> {
+        match self.peers.get(peer) {
+            Some(PeerState::Member(m)) if m.hello.is_some() => m.keys.key_for(epoch),
+            _ => None,
         }
     }
 
