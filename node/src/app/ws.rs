@@ -1,9 +1,10 @@
 //! The page's WebSocket: commands in (JSON text), the microphone in (binary PCM), the state
-//! and events out (JSON text), and what the call plays out (binary PCM per member).
+//! and events out (JSON text), what the call plays out (binary PCM per member), and encoded
+//! video both ways (binary, kinds 3 and 4, see [`super::video`]).
 //!
 //! Limits: a message is at most [`MAX_MESSAGE`] bytes (larger ones close the socket with
 //! 1009, "message too big"); a malformed command gets an error reply and is logged; a
-//! malformed microphone message is dropped and counted. Nothing a page sends can stop the
+//! malformed microphone or video message is dropped and counted. Nothing a page sends can stop the
 //! node or the call.
 
 use std::sync::Arc;
