@@ -614,6 +614,25 @@ impl ReceiverKeys {
         self.epochs.contains_key(&epoch)
     }
 
+    /// The key of `epoch`, if held, or computed with the forward ratchet from the newest
+    /// held one when `epoch` is at most [`MAX_RATCHET_STEPS`] ahead (nothing is installed:
+    /// the video track borrows the audio's keys without changing them).
+    pub fn key_for(&self, epoch: u32) -> Option<MediaKey> {
+        if let Some((k, _)) = self.epochs.get(&epoch) {
+            return Some(k.clone());
+        }
+        let newest = self.newest_epoch()?;
+        let steps = epoch.wrapping_sub(newest);
+        if epoch <= newest || steps > MAX_RATCHET_STEPS {
+            return None;
+        }
+        let mut key = self.epochs.get(&newest)?.0.clone();
+        for _ in 0..steps {
+            key = key.ratchet();
+        }
+        Some(key)
+    }
+
     /// Drops every key (the sender left).
     pub fn clear(&mut self) {
         self.epochs.clear();

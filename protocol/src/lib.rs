@@ -10,6 +10,7 @@
 //! * [`room`] — the room state machine: admission, roster, join/leave, key epochs.
 //! * [`jitter`] — the adaptive jitter buffer.
 //! * [`stats`] — per-stream media statistics and the E-model MOS estimate.
+//! * [`video`] — the video track: fragments, sealing, bounded reassembly, ordering, congestion.
 
 pub mod crypto;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod jitter;
 pub mod room;
 pub mod stats;
 pub mod ticket;
+pub mod video;
 pub mod wire;
 
 pub use error::{Error, Result};

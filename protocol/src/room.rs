@@ -1059,6 +1059,20 @@ impl Room {
         }
     }
 
+    /// Our current sender key and its epoch (the video track derives its keys from it).
+    pub fn media_key(&self) -> (u32, &MediaKey) {
+        (self.sender.epoch(), self.sender.key())
+    }
+
+    /// The media key of `epoch` of `peer`, an admitted member (see
+    /// [`crate::crypto::ReceiverKeys::key_for`]).
+    pub fn member_key(&self, peer: &[u8], epoch: u32) -> Option<MediaKey> {
+        match self.peers.get(peer) {
+            Some(PeerState::Member(m)) if m.hello.is_some() => m.keys.key_for(epoch),
+            _ => None,
+        }
+    }
+
     /// Advances timers: handshake and Hello deadlines, heartbeats, idle members.
     pub fn handle_timeout(&mut self, now: u64) {
         let mut expired = Vec::new();

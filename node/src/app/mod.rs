@@ -17,6 +17,7 @@ pub mod api;
 pub mod bridge;
 pub mod guard;
 pub mod state;
+pub mod video;
 pub mod view;
 pub mod ws;
 
@@ -53,6 +54,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "/style.css",
         "text/css; charset=utf-8",
         include_str!("web/style.css"),
+    ),
+    (
+        "/video.js",
+        "text/javascript; charset=utf-8",
+        include_str!("web/video.js"),
+    ),
+    (
+        "/video-worker.js",
+        "text/javascript; charset=utf-8",
+        include_str!("web/video-worker.js"),
     ),
     (
         "/capture-worklet.js",

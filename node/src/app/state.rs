@@ -51,6 +51,7 @@ pub struct App {
     inner: Mutex<Inner>,
     events: broadcast::Sender<String>,
     pub media: Arc<MediaLink>,
+    pub video: Arc<super::video::VideoLink>,
 }
 
 /// An error for the page, in words.
@@ -73,6 +74,7 @@ impl App {
             }),
             events,
             media: MediaLink::new(),
+            video: super::video::VideoLink::new(),
         })
     }
 
@@ -258,6 +260,10 @@ impl App {
         let source = Box::new(BrowserSource(self.media.clone()));
         let sink = Box::new(BrowserSink::new(self.media.clone()));
         let (handle, events) = node.start_call(config, source, sink).await.map_err(text)?;
+        handle
+            .attach_video(self.video.ports())
+            .await
+            .map_err(text)?;
         inner.call_no += 1;
         let no = inner.call_no;
         inner.call = Some(LiveCall { handle, view });
@@ -284,6 +290,7 @@ impl App {
             "mic": self.media.mic_counters(),
             "mic_buffered_ms": self.media.mic_buffered_ms(),
             "to_page_dropped": self.media.page_dropped(),
+            "video": self.video.report(),
         })
     }
 
@@ -319,6 +326,7 @@ impl App {
             return;
         }
         let view = inner.call.take().map(|c| c.view);
+        self.video.call_ended();
         if let Some(store) = inner.store.as_ref() {
             if let Err(e) = store.record_call(&report.finish().history_entry()) {
                 warn!(error = %e, "cannot record the call in the history");

@@ -1,9 +1,10 @@
 //! The page's WebSocket: commands in (JSON text), the microphone in (binary PCM), the state
-//! and events out (JSON text), and what the call plays out (binary PCM per member).
+//! and events out (JSON text), what the call plays out (binary PCM per member), and encoded
+//! video both ways (binary, kinds 3 and 4, see [`super::video`]).
 //!
 //! Limits: a message is at most [`MAX_MESSAGE`] bytes (larger ones close the socket with
 //! 1009, "message too big"); a malformed command gets an error reply and is logged; a
-//! malformed microphone message is dropped and counted. Nothing a page sends can stop the
+//! malformed microphone or video message is dropped and counted. Nothing a page sends can stop the
 //! node or the call.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tracing::{debug, warn};
 
 use super::bridge::{parse_mic, ToPage};
 use super::state::App;
+use super::video::{PageAssembly, VideoToPage, KIND_VIDEO_FROM_PAGE};
 
 /// Largest message a page may send (a microphone message of 100 ms is 9.6 kB).
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -49,6 +51,15 @@ pub enum PageCommand {
 struct Counters {
     bad_commands: u64,
     bad_pcm: u64,
+    bad_video: u64,
+}
+
+/// What a socket holding the call's media receives from the call, and its video parts.
+#[derive(Default)]
+struct Held {
+    audio: Option<(u64, tokio::sync::mpsc::Receiver<ToPage>)>,
+    video: Option<(u64, tokio::sync::mpsc::Receiver<VideoToPage>)>,
+    parts: PageAssembly,
 }
 
 pub async fn session(app: Arc<App>, socket: WebSocket) {
@@ -58,12 +69,12 @@ pub async fn session(app: Arc<App>, socket: WebSocket) {
     if tx.send(Message::Text(state.into())).await.is_err() {
         return;
     }
-    let mut audio: Option<(u64, tokio::sync::mpsc::Receiver<ToPage>)> = None;
+    let mut held = Held::default();
     let mut counters = Counters::default();
     loop {
         let out = tokio::select! {
             msg = rx.next() => match msg {
-                Some(Ok(msg)) => on_message(&app, msg, &mut audio, &mut counters).await,
+                Some(Ok(msg)) => on_message(&app, msg, &mut held, &mut counters).await,
                 Some(Err(e)) => {
                     warn!(error = %e, "page WebSocket error; closing it");
                     Some(close_for(&e.to_string()))
@@ -78,7 +89,8 @@ pub async fn session(app: Arc<App>, socket: WebSocket) {
                 }
                 Err(RecvError::Closed) => break,
             },
-            Some(tp) = next_audio(&mut audio) => Some(to_message(tp)),
+            Some(tp) = next_audio(&mut held.audio) => Some(to_message(tp)),
+            Some(v) = next_video(&mut held.video) => Some(video_message(v)),
         };
         if let Some(m) = out {
             let close = matches!(m, Message::Close(_));
@@ -87,13 +99,17 @@ pub async fn session(app: Arc<App>, socket: WebSocket) {
             }
         }
     }
-    if let Some((generation, _)) = audio {
+    if let Some((generation, _)) = held.audio {
         app.media.detach(generation);
     }
-    if counters.bad_commands + counters.bad_pcm > 0 {
+    if let Some((generation, _)) = held.video {
+        app.video.detach(generation);
+    }
+    if counters.bad_commands + counters.bad_pcm + counters.bad_video > 0 {
         warn!(
             bad_commands = counters.bad_commands,
             bad_pcm = counters.bad_pcm,
+            bad_video = counters.bad_video,
             "page WebSocket closed after refused messages"
         );
     }
@@ -105,6 +121,26 @@ async fn next_audio(
     match audio {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+async fn next_video(
+    video: &mut Option<(u64, tokio::sync::mpsc::Receiver<VideoToPage>)>,
+) -> Option<VideoToPage> {
+    match video {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn video_message(v: VideoToPage) -> Message {
+    match v {
+        VideoToPage::Frame(bytes) => Message::Binary(bytes.into()),
+        VideoToPage::Keyframe(kind) => Message::Text(
+            json!({"type": "keyframe", "track": kind.name()})
+                .to_string()
+                .into(),
+        ),
     }
 }
 
@@ -146,14 +182,17 @@ fn error_reply(message: impl Into<String>) -> Message {
 async fn on_message(
     app: &Arc<App>,
     msg: Message,
-    audio: &mut Option<(u64, tokio::sync::mpsc::Receiver<ToPage>)>,
+    held: &mut Held,
     counters: &mut Counters,
 ) -> Option<Message> {
     match msg {
-        Message::Text(text) => on_command(app, &text, audio, counters).await,
+        Message::Text(text) => on_command(app, &text, held, counters).await,
+        Message::Binary(bytes) if bytes.first() == Some(&KIND_VIDEO_FROM_PAGE) => {
+            on_video(app, &bytes, held, counters)
+        }
         Message::Binary(bytes) => {
             match parse_mic(&bytes) {
-                Ok(chunk) if audio.is_some() => app.media.push_mic(&chunk),
+                Ok(chunk) if held.audio.is_some() => app.media.push_mic(&chunk),
                 Ok(_) => counters.bad_pcm += 1,
                 Err(e) => {
                     counters.bad_pcm += 1;
@@ -173,10 +212,33 @@ async fn on_message(
     }
 }
 
+/// One video message of the page; only the page holding the call's media may send them.
+fn on_video(
+    app: &Arc<App>,
+    bytes: &[u8],
+    held: &mut Held,
+    counters: &mut Counters,
+) -> Option<Message> {
+    let result = if held.video.is_some() {
+        app.video
+            .from_page(&mut held.parts, bytes)
+            .map_err(|e| e.to_string())
+    } else {
+        Err("video from a page that does not hold the call's media".into())
+    };
+    let Err(e) = result else { return None };
+    counters.bad_video += 1;
+    if counters.bad_video == 1 {
+        warn!(error = %e, "refused a video message from the page");
+        return Some(error_reply(e));
+    }
+    None
+}
+
 async fn on_command(
     app: &Arc<App>,
     text: &str,
-    audio: &mut Option<(u64, tokio::sync::mpsc::Receiver<ToPage>)>,
+    held: &mut Held,
     counters: &mut Counters,
 ) -> Option<Message> {
     let cmd: PageCommand = match serde_json::from_str(text) {
@@ -189,7 +251,9 @@ async fn on_command(
     };
     let result = match cmd {
         PageCommand::Media => {
-            *audio = Some(app.media.attach());
+            held.audio = Some(app.media.attach());
+            held.video = Some(app.video.attach());
+            held.parts = PageAssembly::default();
             Ok(())
         }
         PageCommand::Join { ticket } => app.join(&ticket).await,

@@ -30,6 +30,8 @@ pub enum CallCommand {
     SetSource(Box<dyn AudioSource>),
     SetSink(Box<dyn AudioSink>),
     Snapshot(oneshot::Sender<CallStats>),
+    /// Connects the call's video to a page (the page's encoded frames in, members' out).
+    Video(Box<super::video::VideoPorts>),
     /// Sends a chat message to every member; the reply says to how many.
     Chat {
         text: String,
@@ -95,6 +97,11 @@ impl CallHandle {
     /// the end (which arrives as [`CallEvent::Ended`]).
     pub async fn request_leave(&self, drain: Duration) -> Result<(), CallError> {
         self.send(CallCommand::Leave { drain, reply: None }).await
+    }
+
+    /// Connects the call's video to a page.
+    pub async fn attach_video(&self, ports: super::video::VideoPorts) -> Result<(), CallError> {
+        self.send(CallCommand::Video(Box::new(ports))).await
     }
 
     pub async fn mute(&self, muted: bool) -> Result<(), CallError> {

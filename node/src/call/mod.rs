@@ -13,6 +13,7 @@
 //!   sender: jitter buffer, decoder, level, playout into the sinks.
 //! * [`handle`], [`events`], [`out`] — the outside of a call, bounded both ways.
 //! * [`report`] — the `confab call --json` report, folded from the events.
+//! * [`video`] — our video out and the members' video in, apart from the audio.
 
 pub mod capture;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod receive;
 pub mod report;
 pub mod room_events;
 pub mod session;
+pub mod video;
 
 pub use error::{CallError, RelayFailure};
 pub use events::{CallEnd, CallEvent, CallStats, StreamStats};

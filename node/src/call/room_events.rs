@@ -95,6 +95,7 @@ impl Session {
         if sending {
             ctx.media_out = Some(net.start_media_sender(pid));
             self.capture.add_receiver(pid);
+            self.video.add_peer(net, pid);
         }
         if let Some(r) = ctx.remote.as_mut() {
             // Back after a broken connection: the same sender goes on.
@@ -132,6 +133,7 @@ impl Session {
         if let Some(q) = ctx.media_out.take() {
             q.close();
         }
+        self.video.remove_peer(&pid);
         ctx.room_stream = None;
         if !migrating {
             net.admit_media(pid, false);

@@ -99,6 +99,8 @@ pub struct Session {
     stats_every: Duration,
     /// How many admission failures of strangers are still reported one by one.
     pub(super) failure_reports: ReportBudget,
+    /// The video track, apart from the audio.
+    pub(super) video: super::video::VideoCall,
 }
 
 /// A budget of reports: a burst, refilled slowly, so that a flood of failed handshakes
@@ -219,6 +221,7 @@ impl Session {
             next_stats: now.at + config.stats_every,
             stats_every: config.stats_every,
             failure_reports: ReportBudget::new(now.at),
+            video: super::video::VideoCall::default(),
         };
         // A connection left over from an earlier call carries no session: start afresh, so
         // that both ends see the connection open and the lower peer id opens the session.
@@ -269,6 +272,7 @@ impl Session {
             self.join.poll_timeout(),
             self.leaving,
             self.room.poll_timeout().map(to_inst),
+            self.video.poll_timeout().map(to_inst),
         ]
         .into_iter()
         .flatten()
@@ -525,6 +529,7 @@ impl Session {
             CallCommand::Snapshot(reply) => {
                 let _ = reply.send(self.stats(now));
             }
+            CallCommand::Video(ports) => self.video.attach(*ports),
         }
     }
 
@@ -536,6 +541,7 @@ impl Session {
             return;
         }
         self.capture.stop();
+        self.video.stop_sending();
         for ctx in self.peers.values_mut() {
             if let Some(q) = ctx.media_out.take() {
                 q.close();
@@ -557,6 +563,7 @@ impl Session {
         self.check_drained(now);
         self.send_due(now);
         self.play_due(now.ms);
+        self.video.on_tick(now.ms);
         self.room.handle_timeout(now.ms);
         while let Some((peer, frame)) = self.room.poll_media() {
             if let Some(pid) = peer_id(&peer) {
@@ -734,6 +741,7 @@ impl Session {
         self.room.leave(now.ms);
         flush_transmits(&mut self.room, &mut self.peers, now.ms);
         self.capture.stop();
+        self.video.stop_sending();
         let mut received = std::mem::take(&mut self.finished);
         let peers = std::mem::take(&mut self.peers);
         for (_, mut ctx) in peers {
@@ -778,6 +786,32 @@ impl Session {
         r.drain(now_ms, &mut sinks);
     }
 
+    /// A frame from the page (`None`: the page's queue closed).
+    pub fn on_local_video(&mut self, frame: Option<super::video::LocalFrame>, now: Now) {
+        match frame {
+            Some(f) if self.capture.sending => self.video.send(&self.room, f, now.ms),
+            Some(_) => {}
+            None => self.video.page_gone(),
+        }
+    }
+
+    /// A message on a member's video stream.
+    pub fn on_video_inbound(&mut self, msg: crate::net::video::VideoInbound) {
+        if self.peers.get(&msg.peer).is_some_and(|c| c.member) {
+            self.video
+                .on_message(&self.room, msg.peer, &msg.bytes, msg.at_ms);
+        }
+    }
+
+    /// The next command from a handle, or frame from the page; never, while neither can
+    /// come (no handles left, no page attached).
+    pub async fn next_input(&mut self) -> CallInput {
+        tokio::select! {
+            cmd = recv_or_never(self.commands.as_mut()) => CallInput::Command(cmd),
+            frame = recv_or_never(self.video.from_page()) => CallInput::Video(frame),
+        }
+    }
+
     /// Sessions being set up (a room stream, no admission yet).
     fn handshakes(&self) -> usize {
         self.peers
@@ -789,6 +823,20 @@ impl Session {
     /// Whether a media sender should start toward members now.
     pub(super) fn sending(&self) -> bool {
         self.capture.sending
+    }
+}
+
+/// What comes to a call from outside the network: its handles' commands (`None`: every
+/// handle is gone) and its page's video frames (`None`: the page's queue closed).
+pub enum CallInput {
+    Command(Option<CallCommand>),
+    Video(Option<super::video::LocalFrame>),
+}
+
+async fn recv_or_never<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod relays;
 pub mod streams;
 pub mod swarm;
+pub mod video;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use tracing::{debug, info};
 
 pub use swarm::{
     build_swarm, build_swarm_with, is_relayed, keypair, peer_id, Behaviour, BehaviourEvent,
-    NetConfig, NetError, MEDIA_PROTOCOL, ROOM_PROTOCOL,
+    NetConfig, NetError, MEDIA_PROTOCOL, ROOM_PROTOCOL, VIDEO_PROTOCOL,
 };
 
 use crate::clock::Instant;
@@ -48,6 +49,8 @@ pub struct Net {
     pub inbound_rx: mpsc::Receiver<Inbound>,
     /// Media frames, on a queue of their own.
     pub media_rx: mpsc::Receiver<Inbound>,
+    /// Video messages, on a queue of their own.
+    pub video_rx: mpsc::Receiver<video::VideoInbound>,
     /// The peers whose media streams are accepted.
     pub admitted: Admitted,
     pub relays: Relays,
@@ -95,12 +98,19 @@ impl Net {
             media_tx,
             admitted.clone(),
         );
+        let (video_tx, video_rx) = mpsc::channel(video::VIDEO_INBOUND_QUEUE);
+        video::spawn_video_acceptor(
+            accept(&mut control, VIDEO_PROTOCOL)?,
+            video_tx,
+            admitted.clone(),
+        );
         Ok(Self {
             swarm,
             control,
             inbound_tx,
             inbound_rx,
             media_rx,
+            video_rx,
             admitted,
             relays,
             me,
@@ -250,6 +260,13 @@ impl Net {
             q.clone(),
             self.inbound_tx.clone(),
         );
+        q
+    }
+
+    /// Starts sending video to `peer`; messages go into the returned queue.
+    pub fn start_video_sender(&self, peer: PeerId) -> Arc<video::VideoQueue> {
+        let q = video::VideoQueue::new(video::throttle_for(&peer));
+        video::spawn_video_sender(self.control.clone(), peer, q.clone());
         q
     }
 

@@ -52,7 +52,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// the same peer.
 static STREAM_IDS: AtomicU64 = AtomicU64::new(1);
 
-fn next_stream_id() -> u64 {
+pub(crate) fn next_stream_id() -> u64 {
     STREAM_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -197,7 +197,7 @@ impl MediaQueue {
 }
 
 /// Reads 2-byte length-prefixed frames of at most `limit` bytes.
-async fn read_frame(
+pub(crate) async fn read_frame(
     stream: &mut (impl futures::AsyncRead + Unpin),
     limit: usize,
 ) -> Option<Vec<u8>> {
@@ -213,7 +213,7 @@ async fn read_frame(
     Some(buf)
 }
 
-async fn write_frame(
+pub(crate) async fn write_frame(
     stream: &mut (impl futures::AsyncWrite + Unpin),
     frame: &[u8],
     timeout: Duration,
@@ -423,7 +423,11 @@ pub struct StreamSlot {
 }
 
 impl StreamSlot {
-    fn take(active: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId, max: usize) -> Option<Self> {
+    pub(crate) fn take(
+        active: &Arc<Mutex<HashMap<PeerId, usize>>>,
+        peer: PeerId,
+        max: usize,
+    ) -> Option<Self> {
         let mut map = active.lock().ok()?;
         let n = map.entry(peer).or_insert(0);
         if *n >= max {

@@ -12,6 +12,9 @@ use libp2p::{
 pub const ROOM_PROTOCOL: StreamProtocol = StreamProtocol::new("/confab/room/1");
 /// One unidirectional stream per (sender → receiver): length-prefixed encrypted media frames.
 pub const MEDIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/confab/media/1");
+/// One unidirectional stream per (sender → receiver) for video: fragments of sealed frames,
+/// and keyframe requests (see `confab_protocol::video::wire`).
+pub const VIDEO_PROTOCOL: StreamProtocol = StreamProtocol::new("/confab/video/1");
 /// Identify protocol version string.
 pub const AGENT_PROTOCOL: &str = "/confab/1";
 

@@ -9,8 +9,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::NodeCommand;
-use crate::call::handle::CallCommand;
-use crate::call::session::Session;
+use crate::call::session::{CallInput, Session};
 use crate::clock::{Instant, Now};
 use crate::net::streams::Inbound;
 use crate::net::{BehaviourEvent, Net};
@@ -44,8 +43,9 @@ impl Driver {
                 ev = self.net.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(msg) = self.net.media_rx.recv() => self.on_inbound(msg),
                 Some(msg) = self.net.inbound_rx.recv() => self.on_inbound(msg),
+                Some(msg) = self.net.video_rx.recv() => self.on_video(msg),
                 cmd = self.inbox.recv() => self.on_command(cmd),
-                cmd = next_call_command(&mut self.call) => self.on_call_command(cmd),
+                input = next_call_input(&mut self.call) => self.on_call_input(input),
                 _ = tokio::time::sleep_until(wake) => {}
             }
             self.on_tick();
@@ -86,6 +86,12 @@ impl Driver {
         }
     }
 
+    fn on_video(&mut self, msg: crate::net::video::VideoInbound) {
+        if let Some(call) = self.call.as_mut() {
+            call.on_video_inbound(msg);
+        }
+    }
+
     fn on_command(&mut self, cmd: Option<NodeCommand>) {
         let Some(cmd) = cmd else {
             self.stopping = true;
@@ -115,9 +121,13 @@ impl Driver {
         }
     }
 
-    fn on_call_command(&mut self, cmd: Option<CallCommand>) {
-        if let Some(call) = self.call.as_mut() {
-            call.on_command(cmd, Now::read());
+    fn on_call_input(&mut self, input: CallInput) {
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        match input {
+            CallInput::Command(cmd) => call.on_command(cmd, Now::read()),
+            CallInput::Video(frame) => call.on_local_video(frame, Now::read()),
         }
     }
 
@@ -135,10 +145,11 @@ impl Driver {
     }
 }
 
-/// The running call's next command; never, while no call runs or its handles are gone.
-async fn next_call_command(call: &mut Option<Session>) -> Option<CallCommand> {
-    match call.as_mut().and_then(Session::commands) {
-        Some(rx) => rx.recv().await,
+/// The running call's next command or video frame from its page; never, while no call
+/// runs.
+async fn next_call_input(call: &mut Option<Session>) -> CallInput {
+    match call.as_mut() {
+        Some(c) => c.next_input().await,
         None => pending().await,
     }
 }

@@ -12,6 +12,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+pub mod call;
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -27,6 +29,29 @@ pub fn chromium() -> Option<PathBuf> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
+}
+
+/// Whether to skip a browser test: no Chromium, and `CONFAB_REQUIRE_BROWSER` unset (set,
+/// a missing browser fails the test).
+pub fn skip() -> bool {
+    if chromium().is_none() {
+        assert!(
+            std::env::var_os("CONFAB_REQUIRE_BROWSER").is_none(),
+            "CONFAB_REQUIRE_BROWSER is set but no Chromium is installed"
+        );
+        eprintln!("skipped: no Chromium (apt-get install chromium-headless-shell)");
+        return true;
+    }
+    false
+}
+
+/// The runtime the browser tests drive their pages from.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// A running `confab app` and the address it printed.
@@ -159,6 +184,11 @@ fn page_socket_url(port: u16) -> String {
 impl Browser {
     /// Starts a browser whose fake microphone plays `mic_wav` (looped) and opens `url`.
     pub async fn open(dir: &Path, url: &str, mic_wav: &Path) -> Browser {
+        Self::open_with(dir, url, mic_wav, &[]).await
+    }
+
+    /// Like [`Browser::open`], with more command-line flags (a fake camera file, say).
+    pub async fn open_with(dir: &Path, url: &str, mic_wav: &Path, extra: &[String]) -> Browser {
         let bin = chromium().expect("chromium");
         std::fs::create_dir_all(dir).expect("dir");
         let mut child = Command::new(bin)
@@ -178,6 +208,7 @@ impl Browser {
                 mic_wav.display()
             ))
             .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .args(extra)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,6 +1,7 @@
 // The confab web app. It talks only to the local node that served it: JSON over /api/ for
 // the home screen, one WebSocket for the call (commands, state, microphone PCM out, played
-// PCM in). The node does Opus, the encryption and the mesh; the page captures and plays.
+// PCM in, encoded video both ways: video.js). The node does Opus, the encryption and the
+// mesh; the page captures, encodes video, plays and draws.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -150,6 +151,7 @@ function connect() {
   };
   ws.onmessage = (e) => {
     if (typeof e.data === 'string') onEvent(JSON.parse(e.data));
+    else if (e.data.byteLength && new Uint8Array(e.data, 0, 1)[0] === 4) window.confabVideo.onFrame(e.data);
     else onAudio(e.data);
   };
   ws.onclose = () => {
@@ -181,6 +183,9 @@ function onEvent(m) {
     case 'error':
       onServerError(m.message);
       return;
+    case 'keyframe':
+      window.confabVideo.onKeyframe(m.track);
+      return;
     default:
       return;
   }
@@ -190,6 +195,7 @@ function onEvent(m) {
 function onEnded(view) {
   ui.call = null;
   ui.wantMedia = false;
+  window.confabVideo.stopAll();
   if (ui.engine) ui.engine.stop();
   ui.engine = null;
   ui.screen = 'home';
