@@ -190,9 +190,33 @@ fn is_locked(db_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// How long [`Store::open`] keeps trying while the store's lock is held (500 ms).
+///
+/// A lock can be held for a moment by no confab at all: the file lock (`flock`) belongs to
+/// the open file, and a process that forks — any thread of ours starting a child — hands
+/// the child a copy of every open file until the child execs. If that happens while the
+/// open's own check holds the lock, the child keeps it for that moment and the real open
+/// that follows finds it taken (seen as a spurious "store locked" in the tests, about one
+/// open in a hundred under load). Another confab holding the store holds it for seconds or
+/// more, and is still reported as [`StoreError::Locked`].
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`; a held lock is waited for up to
+    /// [`LOCK_WAIT`] before [`StoreError::Locked`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::open_once(dir) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<Self, StoreError> {
         create_private_dir(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
