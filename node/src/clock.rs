@@ -17,6 +17,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock microseconds since the Unix epoch: where a millisecond is too coarse (the
+/// playout timeline and the capture origin that mouth-to-ear on the signal compares).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// The monotonic clock.
 pub fn now() -> Instant {
     Instant::now()
@@ -27,13 +36,17 @@ pub fn now() -> Instant {
 pub struct Now {
     pub at: Instant,
     pub ms: u64,
+    /// The same wall-clock reading in microseconds (`ms` is it truncated).
+    pub us: u64,
 }
 
 impl Now {
     pub fn read() -> Self {
+        let us = now_us();
         Self {
             at: Instant::now(),
-            ms: now_ms(),
+            ms: us / 1_000,
+            us,
         }
     }
 }

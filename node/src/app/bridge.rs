@@ -458,6 +458,7 @@ mod tests {
             from,
             seq: 1,
             at_ms: 5,
+            at_us: 5_000,
             pcm: &pcm,
         };
         sink.play(played("a")).expect("no page: nothing happens");

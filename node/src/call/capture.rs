@@ -56,6 +56,8 @@ pub struct Capture {
     /// at the capture tick `k` (at `started + k` frames) holds the samples of the frame
     /// before the tick, as a microphone's would, so its first sample is `origin + k` frames.
     origin_ms: u64,
+    /// The same origin in µs (`origin_ms` is it truncated, for the wire's ms stamps).
+    origin_us: u64,
     frame: Duration,
     pcm: Vec<i16>,
     next_capture: Instant,
@@ -66,13 +68,13 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Capture starts at `now` (wall clock `started_ms`): the first frame is taken then.
+    /// Capture starts at `now` (wall clock `started_us`, µs): the first frame is taken then.
     pub fn new(
         source: Box<dyn AudioSource>,
         send: SendConfig,
         dump_opus: Option<&Path>,
         now: Instant,
-        started_ms: u64,
+        started_us: u64,
     ) -> Result<Self, CallError> {
         let encoder = Encoder::new(&EncoderConfig {
             frame_ms: send.frame_ms,
@@ -97,7 +99,8 @@ impl Capture {
             encoder,
             muted: false,
             sending: true,
-            origin_ms: started_ms.saturating_sub(u64::from(send.frame_ms)),
+            origin_ms: started_us.saturating_sub(1_000 * u64::from(send.frame_ms)) / 1_000,
+            origin_us: started_us.saturating_sub(1_000 * u64::from(send.frame_ms)),
             frame: Duration::from_millis(u64::from(send.frame_ms)),
             pcm,
             next_capture: now,
@@ -123,7 +126,7 @@ impl Capture {
         Sending {
             frame_ms: f.frame_ms,
             lookahead_us: f.lookahead_us,
-            capture_origin_ms: self.origin_ms,
+            capture_origin_ms: self.origin_us as f64 / 1_000.0,
             device_capture_ms: None,
         }
     }

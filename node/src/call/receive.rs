@@ -115,10 +115,10 @@ impl Receiver {
         self.media_ended && self.jitter.is_drained()
     }
 
-    /// Plays what is due at `now_ms` into `sink` (and `recorder`).
-    pub fn play_out(&mut self, now_ms: u64, sinks: &mut [&mut dyn AudioSink]) {
+    /// Plays what is due at `now_ms` (`now_us`, the same instant in µs) into the sinks.
+    pub fn play_out(&mut self, now_ms: u64, now_us: u64, sinks: &mut [&mut dyn AudioSink]) {
         while let Some(p) = self.jitter.poll_playout(now_ms) {
-            self.play_item(now_ms, p, sinks);
+            self.play_item(now_us, p, sinks);
         }
     }
 
@@ -126,11 +126,11 @@ impl Receiver {
     pub fn drain(&mut self, now_ms: u64, sinks: &mut [&mut dyn AudioSink]) {
         self.jitter.finish();
         while let Some(p) = self.jitter.poll_playout(u64::MAX) {
-            self.play_item(now_ms, p, sinks);
+            self.play_item(now_ms * 1_000, p, sinks);
         }
     }
 
-    fn play_item(&mut self, at_ms: u64, p: Playout, sinks: &mut [&mut dyn AudioSink]) {
+    fn play_item(&mut self, at_us: u64, p: Playout, sinks: &mut [&mut dyn AudioSink]) {
         let (seq, pcm) = match p {
             Playout::Frame { seq, payload, .. } => (seq, self.decoder.decode(&payload)),
             Playout::Conceal { seq, fec } => (seq, self.decoder.conceal(fec.as_deref())),
@@ -146,7 +146,8 @@ impl Receiver {
         let frame = Played {
             from: &self.from,
             seq,
-            at_ms,
+            at_ms: at_us / 1_000,
+            at_us,
             pcm: &pcm,
         };
         for sink in sinks.iter_mut() {

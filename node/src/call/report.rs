@@ -53,7 +53,9 @@ pub struct Sending {
     pub lookahead_us: u16,
     /// Capture time of the first sample we sent, ms since the Unix epoch: sample `n` of our
     /// stream was captured at `capture_origin_ms + n / 48`.
-    pub capture_origin_ms: u64,
+    /// (µs precision: a truncated millisecond would make every delay measured on the
+    /// signal up to 1 ms too long.)
+    pub capture_origin_ms: f64,
     /// What our microphone's ring held on average, ms, when the call captured from a device
     /// (`confab call --mic`): how much later than captured each frame was taken. A
     /// receiver's mouth-to-ear leaves it out (it cannot see it); add it for the whole path.

@@ -189,7 +189,7 @@ impl Session {
             },
             config.dump_opus.as_deref(),
             now.at,
-            now.ms,
+            now.us,
         )?;
         room.set_media_format(capture.format()).map_err(|e| {
             CallError::Codec(std::sync::Arc::new(CodecError::InvalidConfig(
@@ -562,7 +562,7 @@ impl Session {
         }
         self.check_drained(now);
         self.send_due(now);
-        self.play_due(now.ms);
+        self.play_due(now);
         self.video.on_tick(now.ms);
         self.room.handle_timeout(now.ms);
         while let Some((peer, frame)) = self.room.poll_media() {
@@ -676,13 +676,13 @@ impl Session {
         }
     }
 
-    fn play_due(&mut self, now_ms: u64) {
+    fn play_due(&mut self, now: Now) {
         let mut sinks: Vec<&mut dyn AudioSink> = vec![self.sink.as_mut()];
         if let Some(r) = self.recorder.as_mut() {
             sinks.push(r.as_mut());
         }
         for r in self.peers.values_mut().filter_map(|c| c.remote.as_mut()) {
-            r.play_out(now_ms, &mut sinks);
+            r.play_out(now.ms, now.us, &mut sinks);
         }
     }
 

@@ -130,7 +130,7 @@ pub struct Onset {
 
 /// The chirps of a stream that sent `samples_sent` samples of a looped signal of
 /// `signal_len` samples, captured from `capture_origin_ms` on.
-pub fn onsets(signal_len: usize, samples_sent: u64, capture_origin_ms: u64) -> Vec<Onset> {
+pub fn onsets(signal_len: usize, samples_sent: u64, capture_origin_ms: f64) -> Vec<Onset> {
     let starts = chirp_starts(signal_len);
     let even = starts.len() - starts.len() % 2;
     if even == 0 || signal_len == 0 {
@@ -146,7 +146,7 @@ pub fn onsets(signal_len: usize, samples_sent: u64, capture_origin_ms: u64) -> V
             }
             out.push(Onset {
                 sample,
-                captured_ms: capture_origin_ms as f64 + sample as f64 / SAMPLES_PER_MS as f64,
+                captured_ms: capture_origin_ms + sample as f64 / SAMPLES_PER_MS as f64,
                 rises: rises(k),
             });
         }
@@ -285,13 +285,13 @@ mod tests {
         let starts = chirp_starts(480_000);
         assert_eq!(starts.len(), 40);
         assert_eq!(starts[1] - starts[0], 12_000);
-        let o = onsets(480_000, 3 * 480_000 + 4_800 + 192, 1_000);
+        let o = onsets(480_000, 3 * 480_000 + 4_800 + 192, 1_000.0);
         // Three passes of 40, and the first of the fourth.
         assert_eq!(o.len(), 121);
         assert!(o[0].rises && !o[1].rises && o[40].rises && !o[79].rises && o[120].rises);
         assert_eq!(o[120].sample, 3 * 480_000 + 4_800);
         assert!((o[1].captured_ms - (1_000.0 + 350.0)).abs() < 1e-9);
-        assert!(onsets(100, 1_000, 0).is_empty());
+        assert!(onsets(100, 1_000, 0.0).is_empty());
     }
 
     /// Sends signal `index` through the real encoder in frames of `frame_ms` (captured from
@@ -325,6 +325,7 @@ mod tests {
                 from: "s",
                 seq: k as u32,
                 at_ms: complete + delay(k),
+                at_us: (complete + delay(k)) * 1_000,
                 pcm: &out,
             };
             sink.play(frame).expect("play");
@@ -334,7 +335,11 @@ mod tests {
             crate::media::audio::read_wav(&dir.path().join("s.timeline.wav")).expect("read");
         // Every chirp whose search window the timeline covers.
         let sent = (signal.len() - (MAX_DELAY_MS + 60) * SAMPLES_PER_MS) as u64;
-        let found = measure(&timeline, origin, &onsets(signal.len(), sent, origin));
+        let found = measure(
+            &timeline,
+            origin,
+            &onsets(signal.len(), sent, origin as f64),
+        );
         (found, lookahead_ms)
     }
 
@@ -367,7 +372,7 @@ mod tests {
         let frame_of = |o: &Onset| (o.sample + 312) / 960;
         let signal_len = signal_with_chirps(3, 3.0).len();
         let sent = (signal_len - (MAX_DELAY_MS + 60) * SAMPLES_PER_MS) as u64;
-        let all = onsets(signal_len, sent, 1_700_000_000_000);
+        let all = onsets(signal_len, sent, 1_700_000_000_000.0);
         let mut checked = 0;
         for (o, d) in all.iter().zip(&found) {
             let want = 20.0 + lookahead + delay(frame_of(o)) as f64;
@@ -390,7 +395,7 @@ mod tests {
 
     #[test]
     fn nothing_played_means_nothing_found() {
-        let o = onsets(48_000, 48_000, 10_000);
+        let o = onsets(48_000, 48_000, 10_000.0);
         let silence = vec![0i16; 96_000];
         assert!(measure(&silence, 10_000, &o).iter().all(Option::is_none));
         // Out of the timeline.

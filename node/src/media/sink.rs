@@ -22,6 +22,9 @@ pub struct Played<'a> {
     pub seq: u32,
     /// When it is played, ms since the Unix epoch.
     pub at_ms: u64,
+    /// The same instant in µs (`at_ms` is it truncated): the playout timeline lays frames
+    /// with it, since a millisecond's truncation would put a frame up to 1 ms early.
+    pub at_us: u64,
     pub pcm: &'a [i16],
 }
 
@@ -356,7 +359,8 @@ impl AudioSink for WavTimeline {
         let Some(lane) = self.lanes.get_mut(frame.from) else {
             return Ok(());
         };
-        let at = frame.at_ms.saturating_sub(self.origin_ms) * SAMPLES_PER_MS;
+        // Laid to the sample (48 per ms) by the µs instant it played.
+        let at = frame.at_us.saturating_sub(self.origin_ms * 1_000) * SAMPLES_PER_MS / 1_000;
         lane.flush_until(at.saturating_sub(TIMELINE_WINDOW_MS * SAMPLES_PER_MS))?;
         lane.lay(at, frame.pcm);
         Ok(())
@@ -436,6 +440,7 @@ mod tests {
             from,
             seq,
             at_ms,
+            at_us: at_ms * 1_000,
             pcm,
         }
     }
