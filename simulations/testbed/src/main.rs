@@ -169,6 +169,17 @@ fn run(scenario: &Path, out: &Path, seed: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// A sweep's scenario text and its parsed `--param`s.
+fn load_sweep(scenario: &Path, param: &[String]) -> Result<(String, Vec<Param>)> {
+    let src = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let params = param
+        .iter()
+        .map(|p| Param::parse(p))
+        .collect::<confab_simulator::Result<Vec<_>>>()?;
+    Ok((src, params))
+}
+
 /// `confab-sim sweep`.
 fn run_sweep(
     scenario: &Path,
@@ -177,12 +188,7 @@ fn run_sweep(
     out: &Path,
     seed: Option<u64>,
 ) -> Result<()> {
-    let src = std::fs::read_to_string(scenario)
-        .with_context(|| format!("reading {}", scenario.display()))?;
-    let params = param
-        .iter()
-        .map(|p| Param::parse(p))
-        .collect::<confab_simulator::Result<Vec<_>>>()?;
+    let (src, params) = load_sweep(scenario, param)?;
     let rows = sweep(
         &src,
         &scenario.display().to_string(),
@@ -207,12 +213,7 @@ fn run_shard(
     out: &Path,
     seed: Option<u64>,
 ) -> Result<()> {
-    let src = std::fs::read_to_string(scenario)
-        .with_context(|| format!("reading {}", scenario.display()))?;
-    let params = param
-        .iter()
-        .map(|p| Param::parse(p))
-        .collect::<confab_simulator::Result<Vec<_>>>()?;
+    let (src, params) = load_sweep(scenario, param)?;
     let shard = Shard::parse(shard)?;
     let n = sweep_shard(
         &src,
