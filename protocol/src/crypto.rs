@@ -464,6 +464,14 @@ impl SenderKey {
         self.next_seq
     }
 
+    /// Leaves out the next `n` sequence numbers (wrapping), as a sender does whose frames in
+    /// between were never sent. Receivers must bear any jump: the hostile-peer tests use this
+    /// to jump by millions. Nonces repeat only if one epoch's frames and skips together
+    /// pass 2^32.
+    pub fn skip(&mut self, n: u32) {
+        self.next_seq = self.next_seq.wrapping_add(n);
+    }
+
     /// New random key for the next epoch (someone left).
     pub fn rotate(&mut self, rng: &mut impl RngCore) {
         let mut key = [0u8; 32];

@@ -14,6 +14,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod fuzzing;
 pub mod jitter;
 pub mod room;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! Every decoder of untrusted bytes never panics: room frames, control messages, media
-//! frames, tickets (binary and text), and the room state machine fed arbitrary frames.
+//! frames, tickets (binary and text), and the room state machine fed arbitrary frames. The
+//! checks themselves are `confab_protocol::fuzzing`, which the fuzz targets in `fuzz/` run too.
 //!
 //! Each property runs twice: a short run in the normal suite and a long run of
 //! [`LONG_CASES`] cases behind `#[ignore]`:
@@ -14,8 +15,7 @@
 #![allow(clippy::expect_used)] // test helpers outside #[test] functions
 
 use blake2::{Blake2s256, Digest};
-use confab_protocol::crypto::Identity;
-use confab_protocol::room::{Room, RoomConfig};
+use confab_protocol::fuzzing;
 use confab_protocol::ticket::Ticket;
 use confab_protocol::wire::{
     Control, MediaFormat, MediaFrame, MediaHeader, PeerInfo, RejectReason, RoomFrame,
@@ -23,7 +23,6 @@ use confab_protocol::wire::{
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use rand::SeedableRng;
 
 /// Cases per decoder in the long runs.
 const LONG_CASES: u32 = 100_000;
@@ -211,74 +210,9 @@ fn text_of(bytes: &[u8]) -> String {
     )
 }
 
-fn check_room_frame(bytes: &[u8]) {
-    if let Ok(f) = RoomFrame::decode(bytes) {
-        // Whatever decodes re-encodes to the same bytes.
-        assert_eq!(f.encode(), bytes);
-    }
-}
-
-fn check_control(bytes: &[u8]) {
-    if let Ok(m) = Control::decode(bytes) {
-        let again = Control::decode(&m.encode());
-        assert_eq!(again, Ok(m));
-    }
-}
-
-fn check_media(bytes: &[u8]) {
-    if let Ok(f) = MediaFrame::decode(bytes) {
-        assert_eq!(f.encode(), bytes);
-    }
-}
-
 fn check_ticket(bytes: &[u8]) {
-    if let Ok(t) = Ticket::from_bytes(bytes) {
-        assert_eq!(Ticket::from_bytes(&t.to_bytes()), Ok(t));
-    }
-    let _ = Ticket::parse(&text_of(bytes));
-}
-
-/// A room with a handshake in progress, one with an established member, and the two peers.
-fn rooms() -> (Room, Room, Vec<u8>, Vec<u8>) {
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let (a, b) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
-    let (pa, pb) = (a.peer_id(), b.peer_id());
-    let mut ra = Room::new(RoomConfig::default(), a.clone(), [1; 16], &[2; 32], [3; 32]);
-    let mut rb = Room::new(RoomConfig::default(), b, [1; 16], &[2; 32], [4; 32]);
-    ra.connect(0, pb.clone(), true).expect("connect");
-    rb.connect(0, pa.clone(), false).expect("connect");
-    loop {
-        let mut moved = false;
-        while let Some(t) = ra.poll_transmit() {
-            rb.handle_frame(0, &pa, &t.frame);
-            moved = true;
-        }
-        while let Some(t) = rb.poll_transmit() {
-            ra.handle_frame(0, &pb, &t.frame);
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
-    assert!(ra.is_member(&pb));
-    let mut fresh = Room::new(RoomConfig::default(), a, [1; 16], &[2; 32], [5; 32]);
-    fresh.connect(0, pb.clone(), false).expect("connect");
-    (fresh, ra, pb, pa)
-}
-
-fn check_room_state_machine(frames: &[Vec<u8>]) {
-    let (mut handshaking, mut established, peer, _) = rooms();
-    for (i, f) in frames.iter().enumerate() {
-        let now = i as u64 * 7;
-        handshaking.handle_frame(now, &peer, f);
-        established.handle_frame(now, &peer, f);
-        let _ = established.open_media(now, &peer, f);
-        handshaking.handle_timeout(now);
-        established.handle_timeout(now);
-    }
-    while handshaking.poll_event().is_some() || handshaking.poll_transmit().is_some() {}
-    while established.poll_event().is_some() || established.poll_transmit().is_some() {}
+    fuzzing::ticket(bytes);
+    fuzzing::ticket(text_of(bytes).as_bytes());
 }
 
 fn raw(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -310,42 +244,42 @@ decoder_properties!(
     long_room_frame_raw,
     LONG_CASES,
     raw(17 * 1024),
-    check_room_frame
+    fuzzing::room_frame
 );
 decoder_properties!(
     room_frame_mutated,
     long_room_frame_mutated,
     LONG_CASES,
     (room_frame(), edits()).prop_map(|(b, e)| apply(b, &e)),
-    check_room_frame
+    fuzzing::room_frame
 );
 decoder_properties!(
     control_raw,
     long_control_raw,
     LONG_CASES,
     raw(800),
-    check_control
+    fuzzing::control
 );
 decoder_properties!(
     control_mutated,
     long_control_mutated,
     LONG_CASES,
     (control(), edits()).prop_map(|(m, e)| apply(m.encode(), &e)),
-    check_control
+    fuzzing::control
 );
 decoder_properties!(
     media_raw,
     long_media_raw,
     LONG_CASES,
     raw(1700),
-    check_media
+    fuzzing::media_frame
 );
 decoder_properties!(
     media_mutated,
     long_media_mutated,
     LONG_CASES,
     (media_frame(), edits()).prop_map(|(b, e)| apply(b, &e)),
-    check_media
+    fuzzing::media_frame
 );
 decoder_properties!(
     ticket_raw,
@@ -383,5 +317,12 @@ decoder_properties!(
         ],
         1..8
     ),
-    |frames: &Vec<Vec<u8>>| check_room_state_machine(frames)
+    |frames: &Vec<Vec<u8>>| fuzzing::room_state_machine(frames)
+);
+decoder_properties!(
+    video_message_raw,
+    long_video_message_raw,
+    LONG_CASES,
+    raw(1400),
+    fuzzing::video_message
 );

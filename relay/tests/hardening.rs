@@ -251,3 +251,80 @@ async fn reservation_duration_above_the_bound_is_a_config_error() -> Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn circuits_from_one_ip_are_refused_beyond_the_per_ip_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(dir.path())?;
+    let per_ip = 4;
+    cfg.limits.max_circuits_per_ip = per_ip;
+    cfg.connections.max_established_per_ip = 0;
+    let relay = confab_relay::start(cfg).await?;
+    let relay_addr = tcp_addr(&relay)?;
+    // One destination holds a reservation; ten sources on the same IP (each its own peer id)
+    // open a circuit to it and keep it.
+    let mut dst = client::new_client()?;
+    let dst_id = *dst.local_peer_id();
+    let circuit = client::reserve(&mut dst, &relay_addr, T)
+        .await
+        .map_err(|e| anyhow!("reservation: {e}"))?;
+    let _dst = client::spawn_driver(dst);
+    let mut held = Vec::new();
+    let mut refused = 0usize;
+    for _ in 0..10 {
+        let mut src = client::new_client()?;
+        match client::dial(&mut src, &circuit, dst_id, T).await {
+            Ok(()) => held.push(client::spawn_driver(src)),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(held.len(), per_ip, "circuits accepted from one IP");
+    let series = "confab_relay_circuits_refused_total{reason=\"per_ip_limit\"}";
+    assert_eq!(metric(&relay, series).await?, refused as f64);
+    assert_eq!(refused, 10 - per_ip);
+    // A circuit that ends gives its place to the next source.
+    if let Some(h) = held.pop() {
+        h.abort();
+    }
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let mut src = client::new_client()?;
+        if client::dial(&mut src, &circuit, dst_id, T).await.is_ok() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the freed circuit place was not given to a new source");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_its_memory_ceiling_the_relay_refuses_connections_and_counts_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = test_config(dir.path())?;
+    // Any process is over 1 MiB: every new connection meets the ceiling.
+    cfg.connections.max_memory_mib = 1;
+    let relay = confab_relay::start(cfg).await?;
+    let relay_addr = tcp_addr(&relay)?;
+    for _ in 0..3 {
+        let mut c = client::new_client()?;
+        assert!(
+            client::reserve(&mut c, &relay_addr, T).await.is_err(),
+            "a connection over the memory ceiling was served"
+        );
+    }
+    let series = "confab_relay_connections_refused_total{reason=\"memory_limit\"}";
+    let counted = metric(&relay, series).await?;
+    assert!(counted >= 3.0, "memory refusals counted: {counted}");
+    // The metrics endpoint still answers (it is not a libp2p connection), and the relay
+    // serves again with room to spare.
+    let dir2 = tempfile::tempdir()?;
+    let relay2 = confab_relay::start(test_config(dir2.path())?).await?;
+    let mut c = client::new_client()?;
+    client::reserve(&mut c, &tcp_addr(&relay2)?, T)
+        .await
+        .map_err(|e| anyhow!("under the default ceiling: {e}"))?;
+    Ok(())
+}

@@ -88,10 +88,23 @@ struct SenderFile {
     path: PathBuf,
     writer: Writer,
     next_seq: u32,
+    /// When the last frame written played, ms.
+    last_at_ms: u64,
+}
+
+/// Frames of silence for a gap of `gap` sequence numbers before a frame of `samples` that
+/// plays `elapsed_ms` after the previous one: no more than the time that really passed (a
+/// sender that jumps its numbers cannot grow the file faster than the call goes on), and
+/// at most [`MAX_GAP_FRAMES`].
+fn gap_frames(gap: u32, elapsed_ms: u64, samples: usize) -> u32 {
+    let frame_ms = (samples as u64 / SAMPLES_PER_MS).max(1);
+    let passed = u32::try_from(elapsed_ms / frame_ms).unwrap_or(u32::MAX);
+    gap.min(passed).min(MAX_GAP_FRAMES)
 }
 
 /// One WAV file per sender (`<dir>/<peer id>.wav`), laid out by sequence number from the
-/// first frame played: a lost frame is its concealment, and a gap in the numbers is silence.
+/// first frame played: a lost frame is its concealment, and a gap in the numbers is silence
+/// (no longer than the time that passed, and at most [`MAX_GAP_FRAMES`]).
 pub struct WavPerSender {
     dir: PathBuf,
     files: HashMap<String, SenderFile>,
@@ -118,6 +131,7 @@ impl WavPerSender {
                 path,
                 writer,
                 next_seq: seq,
+                last_at_ms: 0,
             };
             self.files.insert(from.to_string(), f);
         }
@@ -136,12 +150,14 @@ impl AudioSink for WavPerSender {
         let Some(gap) = frame.seq.checked_sub(f.next_seq) else {
             return Ok(()); // older than what is written: already covered
         };
+        let elapsed = frame.at_ms.saturating_sub(f.last_at_ms);
         let silence = vec![0i16; frame.pcm.len()];
-        for _ in 0..gap.min(MAX_GAP_FRAMES) {
+        for _ in 0..gap_frames(gap, elapsed, frame.pcm.len()) {
             write_samples(&mut f.writer, &f.path, &silence)?;
         }
         write_samples(&mut f.writer, &f.path, frame.pcm)?;
         f.next_seq = frame.seq.wrapping_add(1);
+        f.last_at_ms = frame.at_ms;
         Ok(())
     }
 
@@ -454,11 +470,15 @@ mod tests {
         sink.play(frame("a", 10, 0, &ones)).unwrap();
         sink.play(frame("a", 12, 40, &ones)).unwrap(); // 11 lost: silence
         sink.play(frame("a", 11, 41, &ones)).unwrap(); // late: ignored
-        sink.play(frame("a", 12 + 1_000_000, 60, &ones)).unwrap(); // a jump: bounded
+                                                       // A jump: no more silence than the 100 ms that passed.
+        sink.play(frame("a", 12 + 1_000_000, 140, &ones)).unwrap();
+        // Another, a minute later: at most MAX_GAP_FRAMES.
+        sink.play(frame("a", 12 + 2_000_000, 60_140, &ones))
+            .unwrap();
         sink.finish().unwrap();
         let got = crate::media::audio::read_wav(&dir.path().join("a.wav")).unwrap();
         let frames = got.len() / FRAME_SAMPLES;
-        assert_eq!(frames, 3 + MAX_GAP_FRAMES as usize + 1);
+        assert_eq!(frames, 3 + 5 + 1 + MAX_GAP_FRAMES as usize + 1);
         assert_eq!(got[FRAME_SAMPLES], 0);
         assert_eq!(got[2 * FRAME_SAMPLES], 1);
     }

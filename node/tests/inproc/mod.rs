@@ -55,3 +55,5 @@ pub fn ticket(creator: &[u8; 32], addrs: &[Multiaddr]) -> Ticket {
         }],
     }
 }
+
+pub mod rogue;

@@ -27,9 +27,12 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
 pub const CIRCUIT_FALLBACK: Duration = Duration::from_secs(1);
 /// A joiner whose relays all failed may still get in directly: it gets this much longer.
 pub const RELAY_FAILURE_GRACE: Duration = Duration::from_secs(3);
-/// Most peers named only by rosters (not yet admitted) redialed at once: a member's gossip
-/// cannot make us dial an unbounded set of addresses.
+/// Most peers named only by rosters (not yet admitted) that we dial at once, each for at
+/// most [`RECONNECT_FOR`]: however many rosters a member sends, its gossip cannot make us
+/// dial (or remember) more than this many peers it made up.
 pub const MAX_ROSTER_REDIALS: usize = 16;
+/// Most addresses remembered for a peer named by rosters.
+pub const MAX_GOSSIP_ADDRS: usize = 8;
 /// Circuit refusals of every bootstrap member after which joining is given up (a member
 /// without a reservation may still be reserving, so that refusal needs more).
 const CIRCUIT_REFUSALS: u32 = 2;
@@ -80,6 +83,12 @@ pub struct JoinPolicy {
     /// Peers whose addresses came from their own Hello (authenticated by their session):
     /// gossip about them never replaces those.
     from_hello: std::collections::HashSet<PeerId>,
+    /// Peers known only from rosters, dialed until when (at most [`MAX_ROSTER_REDIALS`]).
+    gossiped: HashMap<PeerId, Instant>,
+    /// When a roster last made us dial a peer whose addresses came from its Hello.
+    gossip_dialed: HashMap<PeerId, Instant>,
+    /// Roster entries not dialed because [`MAX_ROSTER_REDIALS`] gossiped peers were pending.
+    gossip_dropped: u64,
     /// When each member was first dialed (circuits wait for [`CIRCUIT_FALLBACK`]).
     first_dial: HashMap<PeerId, Instant>,
     /// Circuit dials to bootstrap members refused by a relay: count and the last reason.
@@ -111,6 +120,9 @@ impl JoinPolicy {
             bootstrap,
             lost: HashMap::new(),
             from_hello: std::collections::HashSet::new(),
+            gossiped: HashMap::new(),
+            gossip_dropped: 0,
+            gossip_dialed: HashMap::new(),
             first_dial: HashMap::new(),
             circuit_refusals: HashMap::new(),
             last_dial: None,
@@ -177,6 +189,7 @@ impl JoinPolicy {
             due.extend(self.bootstrap.iter().map(|(p, a)| (*p, a.clone())));
         }
         self.lost.retain(|_, until| now < *until);
+        self.forget_stale_gossip(now);
         if view.sending {
             for pid in self.lost.keys() {
                 due.push((*pid, self.addrs.get(pid).cloned().unwrap_or_default()));
@@ -299,6 +312,7 @@ impl JoinPolicy {
     pub fn on_admitted(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         self.ever_admitted = true;
         self.lost.remove(&peer);
+        self.gossiped.remove(&peer);
         let addrs = usable(addrs, self.relay_only);
         if !addrs.is_empty() {
             self.addrs.insert(peer, addrs);
@@ -323,22 +337,82 @@ impl JoinPolicy {
         now: Instant,
     ) -> Option<JoinAction> {
         // Gossip is a member's word, not the peer's: it never replaces addresses the peer
-        // gave in its own Hello, and at most MAX_ROSTER_REDIALS gossiped peers are redialed.
+        // gave in its own Hello, and at most MAX_ROSTER_REDIALS gossiped peers are dialed.
         if self.from_hello.contains(&peer) {
+            // Being redialed already, or dialed for a roster less than a second ago: the
+            // same roster sent again and again dials nothing more.
+            let recent = self
+                .gossip_dialed
+                .get(&peer)
+                .is_some_and(|t| now.duration_since(*t) < DIAL_EVERY);
+            if recent || self.lost.contains_key(&peer) {
+                return None;
+            }
+            self.gossip_dialed.insert(peer, now);
             let known = self.addrs.get(&peer).cloned().unwrap_or_default();
             return self.plan_dial(peer, known, now);
         }
-        let addrs = usable(addrs, self.relay_only);
-        self.addrs.insert(peer, addrs.clone());
-        let gossiped = self
-            .lost
-            .keys()
-            .filter(|p| !self.from_hello.contains(p))
-            .count();
-        if gossiped < MAX_ROSTER_REDIALS {
-            self.lost.entry(peer).or_insert(now + RECONNECT_FOR);
+        self.forget_stale_gossip(now);
+        let known = self.bootstrap.contains_key(&peer) || self.gossiped.contains_key(&peer);
+        if !known {
+            if self.gossiped.len() >= MAX_ROSTER_REDIALS {
+                self.gossip_dropped += 1;
+                return None;
+            }
+            self.gossiped.insert(peer, now + RECONNECT_FOR);
         }
-        self.plan_dial(peer, addrs, now)
+        let until = self.gossiped.get(&peer).copied();
+        self.lost
+            .entry(peer)
+            .or_insert_with(|| until.unwrap_or(now + RECONNECT_FOR));
+        // Only addresses not heard before are dialed now (the redial loop does the rest):
+        // the same roster sent again and again dials nothing.
+        let fresh = self.merge_addrs(peer, usable(addrs, self.relay_only));
+        if fresh.is_empty() {
+            return None;
+        }
+        self.plan_dial(peer, fresh, now)
+    }
+
+    /// Adds to `peer`'s known addresses those of `addrs` it lacks, up to
+    /// [`MAX_GOSSIP_ADDRS`] in all; returns the ones added.
+    fn merge_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let known = self.addrs.entry(peer).or_default();
+        let mut fresh = Vec::new();
+        for a in addrs {
+            if known.len() >= MAX_GOSSIP_ADDRS {
+                break;
+            }
+            if !known.contains(&a) {
+                known.push(a.clone());
+                fresh.push(a);
+            }
+        }
+        fresh
+    }
+
+    /// Roster entries dropped because too many gossiped peers were pending.
+    pub fn gossip_dropped(&self) -> u64 {
+        self.gossip_dropped
+    }
+
+    /// Gossiped peers that were not admitted within [`RECONNECT_FOR`] are forgotten with
+    /// their addresses.
+    fn forget_stale_gossip(&mut self, now: Instant) {
+        let stale: Vec<PeerId> = self
+            .gossiped
+            .iter()
+            .filter(|(_, until)| now >= **until)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            self.gossiped.remove(&p);
+            if !self.from_hello.contains(&p) && !self.bootstrap.contains_key(&p) {
+                self.addrs.remove(&p);
+                self.first_dial.remove(&p);
+                self.lost.remove(&p);
+            }
+        }
     }
 
     /// A relay's rendezvous lists a member of the room: dial it like a ticket's member.

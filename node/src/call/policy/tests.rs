@@ -344,26 +344,79 @@ fn a_broken_stream_on_a_moving_path_is_judged_later() {
 }
 
 #[test]
-fn gossip_never_replaces_a_members_own_addresses_and_redials_are_bounded() {
+fn gossip_never_replaces_a_members_own_addresses() {
     let t0 = Instant::now();
     let host = PeerId::random();
     let mut p = joiner(t0, host, vec![direct()]);
     let real: Multiaddr = "/ip4/127.0.0.1/tcp/5000".parse().unwrap();
     let fake: Multiaddr = "/ip4/10.0.0.1/tcp/22".parse().unwrap();
     let member = PeerId::random();
+    p.on_admitted(host, vec![]);
     p.on_admitted(member, vec![real.clone()]);
-    p.on_left(member, true, true, t0);
-    match p.on_roster_member(member, vec![fake], t0) {
-        Some(JoinAction::Dial { direct, .. }) => assert_eq!(direct, vec![real]),
+    // A member that said goodbye, named by a roster: dialed at its own address, once a
+    // second however many rosters name it.
+    match p.on_roster_member(member, vec![fake.clone()], t0) {
+        Some(JoinAction::Dial { direct, .. }) => assert_eq!(direct, vec![real.clone()]),
         other => panic!("{other:?}"),
     }
-    // A roster naming a hundred strangers: all dialed once, at most 16 redialed.
-    p.on_admitted(host, vec![]);
-    for _ in 0..100 {
-        assert!(p
-            .on_roster_member(PeerId::random(), vec![direct()], t0)
-            .is_some());
+    assert!(p
+        .on_roster_member(member, vec![fake.clone()], t0 + ms(500))
+        .is_none());
+    assert!(p
+        .on_roster_member(member, vec![fake.clone()], t0 + ms(1000))
+        .is_some());
+    // A member whose connection broke is redialed by the loop at its own address; a roster
+    // naming it dials nothing more.
+    p.on_left(member, true, true, t0 + ms(1000));
+    assert!(p
+        .on_roster_member(member, vec![fake], t0 + ms(2500))
+        .is_none());
+    let redials = poll(&mut p, t0 + ms(3000), &Net::new());
+    match redials.as_slice() {
+        [JoinAction::Dial { peer, direct, .. }] => {
+            assert_eq!((*peer, direct.clone()), (member, vec![real]));
+        }
+        other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn gossip_dials_a_bounded_set_of_peers_and_forgets_them() {
+    use super::join::{MAX_GOSSIP_ADDRS, MAX_ROSTER_REDIALS};
+    let t0 = Instant::now();
+    let host = PeerId::random();
+    let mut p = joiner(t0, host, vec![direct()]);
+    p.on_admitted(host, vec![]);
+    // Rosters naming a hundred made-up peers: only the first 16 are dialed or remembered.
+    let strangers: Vec<PeerId> = (0..100).map(|_| PeerId::random()).collect();
+    let dialed = strangers
+        .iter()
+        .filter(|s| p.on_roster_member(**s, vec![direct()], t0).is_some())
+        .count();
+    assert_eq!(dialed, MAX_ROSTER_REDIALS);
+    assert_eq!(p.gossip_dropped(), (100 - MAX_ROSTER_REDIALS) as u64);
+    // The same rosters again dial nothing at once; new addresses for a known one are
+    // dialed, up to MAX_GOSSIP_ADDRS remembered in all.
+    assert!(p
+        .on_roster_member(strangers[0], vec![direct()], t0)
+        .is_none());
+    let many: Vec<Multiaddr> = (0..20)
+        .map(|i| format!("/ip4/127.0.0.1/tcp/{}", 6000 + i).parse().unwrap())
+        .collect();
+    match p.on_roster_member(strangers[0], many, t0) {
+        Some(JoinAction::Dial { direct, .. }) => assert_eq!(direct.len(), MAX_GOSSIP_ADDRS - 1),
+        other => panic!("{other:?}"),
+    }
+    // The loop redials the 16 each second, and no others.
     let redials = dials(&poll(&mut p, t0 + ms(1000), &Net::new()));
-    assert_eq!(redials.len(), 1 + super::join::MAX_ROSTER_REDIALS);
+    assert_eq!(redials.len(), MAX_ROSTER_REDIALS);
+    assert!(redials
+        .iter()
+        .all(|(peer, ..)| strangers[..MAX_ROSTER_REDIALS].contains(peer)));
+    // After RECONNECT_FOR they are forgotten, and gossip is heard again.
+    let later = t0 + RECONNECT_FOR + ms(1);
+    assert!(dials(&poll(&mut p, later, &Net::new())).is_empty());
+    assert!(p
+        .on_roster_member(strangers[50], vec![direct()], later)
+        .is_some());
 }
