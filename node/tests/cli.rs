@@ -83,7 +83,14 @@ fn check_demo_frames(v: &Value, n: usize, frame_ms: u8, max_p50: f64) {
         let stamps = p["mouth_to_ear_timestamps_ms"]["p50"]
             .as_f64()
             .expect("p50");
-        assert!(stamps >= algo && (stamps - p50).abs() <= 2.0, "{p}");
+        // The chirps are a sample of the frames: their median agrees with the frames'
+        // within 2 ms, or half the frames' p50-p95 spread when delays vary more (load).
+        let spread = p["mouth_to_ear_timestamps_ms"]["p95"]
+            .as_f64()
+            .expect("p95")
+            - stamps;
+        let tolerance = (spread / 2.0).max(2.0);
+        assert!(stamps >= algo && (stamps - p50).abs() <= tolerance, "{p}");
         let tb = p["transit_buffer_ms"]["p50"].as_f64().expect("t+b");
         assert!((stamps - tb - algo).abs() < 0.01, "{p}");
         assert_eq!(p["path"], "direct");
