@@ -28,7 +28,7 @@ use confab_protocol::wire::Control;
 use confab_protocol::wire::{RejectReason, RoomFrame};
 use futures::{AsyncWriteExt, StreamExt};
 use inproc::rogue::{made_up_roster, opus_packet, send_media, Rogue, RogueSession};
-use inproc::{addrs_of, node, secret, ticket};
+use inproc::{addrs_of, connected_peer, node, secret, ticket};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 
@@ -171,26 +171,7 @@ struct Stranger {
 impl Stranger {
     /// Connects to every address and keeps its swarm running.
     async fn connect(targets: &[Multiaddr]) -> Stranger {
-        let mut swarm = build_swarm(keypair(&secret()).unwrap()).unwrap();
-        let control = swarm.behaviour().stream.new_control();
-        let peer = *swarm.local_peer_id();
-        for a in targets {
-            swarm.dial(a.clone()).unwrap();
-        }
-        let mut connected = 0;
-        while connected < targets.len() {
-            let ev = tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some())
-                .await
-                .expect("the stranger connects");
-            if let SwarmEvent::ConnectionEstablished { .. } = ev {
-                connected += 1;
-            }
-        }
-        tokio::spawn(async move {
-            loop {
-                swarm.select_next_some().await;
-            }
-        });
+        let (control, peer) = connected_peer(&secret(), targets).await;
         Stranger { control, peer }
     }
 }
@@ -530,12 +511,7 @@ async fn a_members_made_up_gossip_makes_few_dials() {
     let attack = async {
         let rogue = Rogue::connect(&room.addrs).await;
         let key = SenderKey::new(&mut rand::rngs::OsRng);
-        let mut sessions = Vec::new();
-        for id in &room.ids {
-            let mut s = rogue.handshake(*id, t).await;
-            s.hello("gossip", &key).await;
-            sessions.push(s);
-        }
+        let mut sessions = rogue.join(&room.ids, t, "gossip", &key).await;
         // 40 rosters a second, each naming 64 made-up peers (the room frame budget is 50).
         loop {
             for s in &mut sessions {
@@ -574,12 +550,7 @@ async fn a_members_sequence_jumps_cost_neither_memory_nor_disk() {
         *rogue_peer.lock().unwrap() = Some(rogue.peer);
         let mut key = SenderKey::new(&mut rand::rngs::OsRng);
         let mut media = Vec::new();
-        let mut sessions = Vec::new();
-        for id in &room.ids {
-            let mut s = rogue.handshake(*id, t).await;
-            s.hello("jumper", &key).await;
-            sessions.push(s);
-        }
+        let sessions = rogue.join(&room.ids, t, "jumper", &key).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         for id in &room.ids {
             media.push(rogue.media_stream(*id).await);

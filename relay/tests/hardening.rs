@@ -47,6 +47,25 @@ async fn metric(relay: &RelayHandle, series: &str) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// Tries `attempt` every 50 ms until it gives a value, for at most [`T`]; `what` is the
+/// error otherwise.
+async fn eventually<V, F, Fut>(what: &str, mut attempt: F) -> Result<V>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<V>>>,
+{
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Some(v) = attempt().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn many_peer_ids_from_one_ip_are_refused_beyond_the_per_ip_limit() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -81,18 +100,13 @@ async fn many_peer_ids_from_one_ip_are_refused_beyond_the_per_ip_limit() -> Resu
     if let Some(h) = held.pop() {
         h.abort();
     }
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
+    let driver = eventually("the freed place was not given to a new peer", || async {
         let mut c = client::new_client()?;
-        if client::reserve(&mut c, &relay_addr, T).await.is_ok() {
-            held.push(client::spawn_driver(c));
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the freed place was not given to a new peer");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let ok = client::reserve(&mut c, &relay_addr, T).await.is_ok();
+        Ok(ok.then(|| client::spawn_driver(c)))
+    })
+    .await?;
+    held.push(driver);
     Ok(())
 }
 
@@ -286,18 +300,14 @@ async fn circuits_from_one_ip_are_refused_beyond_the_per_ip_limit() -> Result<()
     if let Some(h) = held.pop() {
         h.abort();
     }
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let mut src = client::new_client()?;
-        if client::dial(&mut src, &circuit, dst_id, T).await.is_ok() {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the freed circuit place was not given to a new source");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    eventually(
+        "the freed circuit place was not given to a new source",
+        || async {
+            let mut src = client::new_client()?;
+            Ok(client::dial(&mut src, &circuit, dst_id, T).await.ok())
+        },
+    )
+    .await
 }
 
 #[tokio::test]

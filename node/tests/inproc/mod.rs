@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use confab_node::net::{build_swarm, keypair};
 use confab_node::{Node, NodeConfig};
 use confab_protocol::crypto::Identity;
 use confab_protocol::ticket::Ticket;
 use confab_protocol::wire::PeerInfo;
-use libp2p::Multiaddr;
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
 use rand::RngCore;
 
 /// 32 random bytes: an identity or a room secret.
@@ -54,6 +57,35 @@ pub fn ticket(creator: &[u8; 32], addrs: &[Multiaddr]) -> Ticket {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
         }],
     }
+}
+
+/// A libp2p peer of its own with `identity`, connected to every address of `targets` (each
+/// with its `/p2p/`), its swarm driven by a task from then on: its stream control and id.
+pub async fn connected_peer(
+    identity: &[u8; 32],
+    targets: &[Multiaddr],
+) -> (libp2p_stream::Control, PeerId) {
+    let mut swarm = build_swarm(keypair(identity).unwrap()).unwrap();
+    let control = swarm.behaviour().stream.new_control();
+    let peer = *swarm.local_peer_id();
+    for a in targets {
+        swarm.dial(a.clone()).unwrap();
+    }
+    let mut connected = 0;
+    while connected < targets.len() {
+        let ev = tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some())
+            .await
+            .expect("the peer connects");
+        if let SwarmEvent::ConnectionEstablished { .. } = ev {
+            connected += 1;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (control, peer)
 }
 
 pub mod rogue;

@@ -7,18 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use confab_node::media::codec::{Encoder, EncoderConfig};
-use confab_node::net::{build_swarm, keypair, MEDIA_PROTOCOL, ROOM_PROTOCOL};
+use confab_node::net::{MEDIA_PROTOCOL, ROOM_PROTOCOL};
 use confab_protocol::crypto::{
     room_psk, Handshake, HandshakeStep, Identity, LocalStatic, SenderKey, Session,
 };
 use confab_protocol::ticket::Ticket;
 use confab_protocol::wire::{length_prefixed, Control, PeerInfo, RoomFrame};
 use futures::io::{ReadHalf, WriteHalf};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::swarm::SwarmEvent;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId, Stream};
 
-use super::secret;
+use super::{connected_peer, secret};
 
 /// The rogue's libp2p node: connected to its targets, its swarm driven by a task.
 pub struct Rogue {
@@ -48,26 +47,7 @@ impl Rogue {
     /// A new identity, connected to every address of `targets` (each with its `/p2p/`).
     pub async fn connect(targets: &[Multiaddr]) -> Rogue {
         let identity = Identity::from_secret_bytes(&secret());
-        let mut swarm = build_swarm(keypair(&identity.secret_bytes()).unwrap()).unwrap();
-        let control = swarm.behaviour().stream.new_control();
-        let peer = *swarm.local_peer_id();
-        for a in targets {
-            swarm.dial(a.clone()).unwrap();
-        }
-        let mut connected = 0;
-        while connected < targets.len() {
-            let ev = tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some())
-                .await
-                .expect("the rogue connects");
-            if let SwarmEvent::ConnectionEstablished { .. } = ev {
-                connected += 1;
-            }
-        }
-        tokio::spawn(async move {
-            loop {
-                swarm.select_next_some().await;
-            }
-        });
+        let (control, peer) = connected_peer(&identity.secret_bytes(), targets).await;
         Rogue {
             identity,
             peer,
@@ -109,6 +89,24 @@ impl Rogue {
             writer,
             heard,
         }
+    }
+
+    /// Handshakes with every target, says `Hello` and hands over `key`: a member of the
+    /// room at each of them.
+    pub async fn join(
+        &self,
+        targets: &[PeerId],
+        t: &Ticket,
+        name: &str,
+        key: &SenderKey,
+    ) -> Vec<RogueSession> {
+        let mut sessions = Vec::new();
+        for id in targets {
+            let mut s = self.handshake(*id, t).await;
+            s.hello(name, key).await;
+            sessions.push(s);
+        }
+        sessions
     }
 
     /// Opens a media stream to `target`.
