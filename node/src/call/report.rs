@@ -164,9 +164,13 @@ impl ReportBuilder {
                 peer,
                 reason,
             } => self.roster(*at_ms, peer, "admission_failed", reason.clone()),
+            // When a member's path changed (a hole punch): the testbed reads set-up times
+            // from it.
+            CallEvent::PathChanged { at_ms, peer, path } => {
+                self.roster(*at_ms, peer, "path", path.to_string())
+            }
             CallEvent::Ended(end) => self.end = Some((**end).clone()),
-            CallEvent::PathChanged { .. }
-            | CallEvent::RecordingChanged { .. }
+            CallEvent::RecordingChanged { .. }
             | CallEvent::MuteChanged { .. }
             | CallEvent::Chat { .. }
             | CallEvent::Stats(_) => {}

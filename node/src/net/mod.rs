@@ -57,7 +57,16 @@ pub struct Net {
     pub me: PeerId,
     pub relay_only: bool,
     listen_addrs: Vec<Multiaddr>,
+    /// Listeners that have not reported an address yet, and until when relays wait for
+    /// them: a relay dialed before the TCP listener is up leaves from an ephemeral port
+    /// (no port reuse), so the relay observes, and identify advertises for hole punching,
+    /// a port nobody can reach.
+    pending_listeners: Vec<libp2p::core::transport::ListenerId>,
+    listeners_deadline: Instant,
 }
+
+/// The longest relays wait for the listeners to come up.
+const LISTENERS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Net {
     /// Builds the swarm, listens, and starts accepting the confab streams. Needs a tokio
@@ -72,13 +81,14 @@ impl Net {
             },
         )?;
         let relays = Relays::new(&setup.relays, now).map_err(NetError::Relay)?;
+        let mut pending_listeners = Vec::new();
         for addr in &setup.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetError::Listen {
+            pending_listeners.push(swarm.listen_on(addr.clone()).map_err(|e| {
+                NetError::Listen {
                     addr: addr.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?);
         }
         let mut control = swarm.behaviour().stream.new_control();
         let accept = |c: &mut libp2p_stream::Control, p: libp2p::StreamProtocol| {
@@ -116,6 +126,8 @@ impl Net {
             me,
             relay_only: setup.relay_only,
             listen_addrs: Vec::new(),
+            pending_listeners,
+            listeners_deadline: now + LISTENERS_WAIT,
         })
     }
 
@@ -130,6 +142,9 @@ impl Net {
 
     /// Starts the relay dials and reservations that are due.
     pub fn drive_relays(&mut self, now: Instant) {
+        if !self.pending_listeners.is_empty() && now < self.listeners_deadline {
+            return;
+        }
         let swarm = &self.swarm;
         let actions = self.relays.poll(now, &|p| swarm.is_connected(p));
         self.apply_relay_actions(actions, now);
@@ -159,10 +174,17 @@ impl Net {
     /// changed for the relays.
     pub fn on_swarm_event(&mut self, ev: &SwarmEvent<BehaviourEvent>, now: Instant) -> Change {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } if !is_relayed(address) => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } if !is_relayed(address) => {
                 // Circuit addresses are announced from the reservations (`Relays`).
                 info!(%address, "listening");
                 self.listen_addrs.push(address.clone());
+                self.pending_listeners.retain(|l| l != listener_id);
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.pending_listeners.retain(|l| l != listener_id);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != address);

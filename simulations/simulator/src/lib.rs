@@ -41,6 +41,8 @@
 //! * [`scenario`] — the TOML scenario format, its validation and parameter overrides.
 //! * [`nat`] — RFC 4787 NAT behaviours, a packet-level hole-punching model and
 //!   [`nat::predict_path`].
+//! * [`realnat`] — the real-NAT testbed's homes (double NAT included) and what the model
+//!   predicts for a pair of them; [`timing`] — the model's set-up times.
 //! * [`link`] — Gilbert–Elliott loss and bandwidth-limited queues.
 //! * [`sim`] — the event-driven engine and [`sim::run`].
 //! * [`report`] — `summary.json`, CSV series and plots.
@@ -50,10 +52,12 @@ pub mod error;
 pub mod link;
 pub mod nat;
 pub mod plot;
+pub mod realnat;
 pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod sim;
 pub mod sweep;
+pub mod timing;
 
 pub use error::{Error, Result};

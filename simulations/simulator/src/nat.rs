@@ -118,8 +118,11 @@ impl NatKind {
             "udp-blocked" => return Some(NatKind::UdpBlocked),
             _ => {}
         }
-        if let Some(t) = TestbedNat::parse(s) {
-            return Some(t.kind());
+        // The testbed's older names for Linux masquerade with and without random ports.
+        match s {
+            "port-preserving" => return Some(NatKind::Nat(Mapping::Eim, Filtering::Apdf)),
+            "random-port" => return Some(NatKind::Nat(Mapping::Apdm, Filtering::Apdf)),
+            _ => {}
         }
         let (m, f) = s.split_once('-')?;
         let m = match m {
@@ -157,58 +160,73 @@ impl fmt::Display for NatKind {
     }
 }
 
-/// The three kinds the real-NAT testbed builds with nftables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TestbedNat {
-    /// No NAT.
-    Public,
-    /// `masquerade`: Linux keeps the source port when it is free (so the mapping is endpoint
-    /// independent) and conntrack only lets in replies to the exact 5-tuple (address-and-port
-    /// dependent filtering).
-    PortPreserving,
-    /// `masquerade random-fully`: a fresh random port per 5-tuple (address-and-port dependent
-    /// mapping, "symmetric"), conntrack filtering.
-    RandomPort,
-}
-
-impl TestbedNat {
-    pub fn parse(s: &str) -> Option<TestbedNat> {
-        match s {
-            "public" => Some(TestbedNat::Public),
-            "port-preserving" => Some(TestbedNat::PortPreserving),
-            "random-port" => Some(TestbedNat::RandomPort),
-            _ => None,
-        }
-    }
-
-    /// The RFC 4787 behaviour this testbed NAT has.
-    pub fn kind(self) -> NatKind {
-        match self {
-            TestbedNat::Public => NatKind::Public,
-            TestbedNat::PortPreserving => NatKind::Nat(Mapping::Eim, Filtering::Apdf),
-            TestbedNat::RandomPort => NatKind::Nat(Mapping::Apdm, Filtering::Apdf),
-        }
-    }
-}
-
 /// The path two hosts end up on when nothing else (relay capacity, unlucky timing) gets in
 /// the way: direct if either is reachable, punched if the packet model says a synchronised
 /// punch gets through both NATs, relayed otherwise. `a` is the dialer (the peer that opened
 /// the relayed connection, the QUIC client of the punch), `b` the listener; the outcome can
 /// depend on the roles (see [`punch_succeeds`]).
 pub fn predict_path(a: NatKind, b: NatKind) -> Path {
+    predict_path_over(a, b, &[Transport::Quic, Transport::Tcp])
+}
+
+/// [`predict_path`] for a node that punches over these transports only (today's node:
+/// TCP).
+pub fn predict_path_over(a: NatKind, b: NatKind, transports: &[Transport]) -> Path {
     if a.reachable() || b.reachable() {
         Path::Direct
-    } else if punch_succeeds(a, b) {
+    } else if transports.iter().any(|t| punch_over(a, b, *t)) {
         Path::Punched
     } else {
         Path::Relayed
     }
 }
 
-/// [`predict_path`] for the testbed's kinds, for comparison with the real-NAT testbed.
-pub fn predict_testbed_path(a: TestbedNat, b: TestbedNat) -> Path {
-    predict_path(a.kind(), b.kind())
+/// The transport a hole punch runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        })
+    }
+}
+
+/// A host as the punch model sees it: its NAT, and whether that NAT keeps the host's port on
+/// its first mapping (Linux masquerade does; a carrier-grade NAT handing out port blocks
+/// does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub kind: NatKind,
+    pub keeps_port: bool,
+}
+
+impl From<NatKind> for Host {
+    fn from(kind: NatKind) -> Host {
+        Host {
+            kind,
+            keeps_port: true,
+        }
+    }
+}
+
+/// Whether a punch over one transport gets through (see [`punch_succeeds`]).
+pub fn punch_over(dialer: NatKind, listener: NatKind, t: Transport) -> bool {
+    punch_hosts(dialer.into(), listener.into(), t)
+}
+
+/// [`punch_over`] for hosts whose NAT may not keep their port.
+pub fn punch_hosts(dialer: Host, listener: Host, t: Transport) -> bool {
+    match t {
+        Transport::Quic => quic_punch(dialer, listener),
+        Transport::Tcp => tcp_punch(dialer, listener),
+    }
 }
 
 type Endpoint = (u32, u16);
@@ -218,9 +236,10 @@ type MapKey = (Option<u32>, Option<u16>);
 const HOST_PORT: u16 = 4001;
 const RELAY: Endpoint = (1, 443);
 
-/// One NAT box in front of one host with one UDP socket (libp2p reuses its listen port).
+/// One NAT box in front of one host with one socket (libp2p reuses its listen port).
 struct NatBox {
     kind: NatKind,
+    keeps_port: bool,
     ip: u32,
     /// (destination key, external port)
     mappings: Vec<(MapKey, u16)>,
@@ -230,9 +249,10 @@ struct NatBox {
 }
 
 impl NatBox {
-    fn new(kind: NatKind, ip: u32) -> Self {
+    fn new(host: Host, ip: u32) -> Self {
         Self {
-            kind,
+            kind: host.kind,
+            keeps_port: host.keeps_port,
             ip,
             mappings: Vec::new(),
             sent: BTreeSet::new(),
@@ -255,9 +275,10 @@ impl NatBox {
                 match self.mappings.iter().find(|(k, _)| *k == key) {
                     Some((_, p)) => *p,
                     None => {
-                        // The first mapping keeps the host's port (port preservation); later
-                        // ones get fresh ports nobody can know in advance.
-                        let p = if self.mappings.is_empty() {
+                        // The first mapping keeps the host's port (port preservation) if the
+                        // NAT does that; later ones get fresh ports nobody can know in
+                        // advance.
+                        let p = if self.mappings.is_empty() && self.keeps_port {
                             HOST_PORT
                         } else {
                             self.next_port += 7;
@@ -296,36 +317,45 @@ impl NatBox {
 /// connection; the QUIC client of the punch) and `listener` (the peer reached through its
 /// relay reservation). libp2p tries QUIC and TCP addresses at once: either may win.
 pub fn punch_succeeds(dialer: NatKind, listener: NatKind) -> bool {
-    quic_punch(dialer, listener) || tcp_punch(dialer, listener)
+    punch_over(dialer, listener, Transport::Quic) || punch_over(dialer, listener, Transport::Tcp)
 }
 
-/// Both hosts talk to the relay first; that gives each its observed address.
-fn observed(a: NatKind, b: NatKind) -> Option<([NatBox; 2], Endpoint, Endpoint)> {
+/// The address a host hands its peer for the punch. libp2p's identify takes the address the
+/// relay observed and, when its port is not the host's listening port (the NAT did not keep
+/// it), puts the listening port in its place; so every host advertises its public IP with
+/// its own port.
+fn advertised(observed: Endpoint) -> Endpoint {
+    (observed.0, HOST_PORT)
+}
+
+/// Both hosts talk to the relay first; that gives each its observed address, and so the
+/// address it advertises.
+fn observed(a: Host, b: Host) -> Option<([NatBox; 2], Endpoint, Endpoint)> {
     let mut nats = [NatBox::new(a, 10), NatBox::new(b, 20)];
     let obs_a = nats[0].send(RELAY)?;
     let obs_b = nats[1].send(RELAY)?;
-    Some((nats, obs_a, obs_b))
+    Some((nats, advertised(obs_a), advertised(obs_b)))
 }
 
-/// QUIC punch: after the synchronisation the listener sprays packets at the dialer's observed
-/// address (opening its own NAT) while the dialer sends its Initial to the listener's observed
-/// address; the listener answers from its socket to where the Initial came from, and the
+/// QUIC punch: after the synchronisation the listener sprays packets at the dialer's
+/// advertised address (opening its own NAT) while the dialer sends its Initial to the
+/// listener's; the listener answers from its socket to where the Initial came from, and the
 /// dialer accepts the answer only if it comes from the address it dialed (RFC 9000 §9: a
 /// client discards packets from an unknown server address). Three rounds of retransmission.
-fn quic_punch(dialer: NatKind, listener: NatKind) -> bool {
-    let Some((mut nats, obs_d, obs_l)) = observed(dialer, listener) else {
+fn quic_punch(dialer: Host, listener: Host) -> bool {
+    let Some((mut nats, adv_d, adv_l)) = observed(dialer, listener) else {
         return false;
     };
     for _ in 0..3 {
-        let _ = nats[1].send(obs_d);
-        let Some(s) = nats[0].send(obs_l) else {
+        let _ = nats[1].send(adv_d);
+        let Some(s) = nats[0].send(adv_l) else {
             return false;
         };
-        if nats[1].accepts(obs_l.1, s) {
+        if nats[1].accepts(adv_l.1, s) {
             let Some(reply) = nats[1].send(s) else {
                 return false;
             };
-            if reply == obs_l && nats[0].accepts(s.1, reply) {
+            if reply == adv_l && nats[0].accepts(s.1, reply) {
                 return true;
             }
         }
@@ -333,22 +363,31 @@ fn quic_punch(dialer: NatKind, listener: NatKind) -> bool {
     false
 }
 
-/// TCP simultaneous open: both send a SYN to the other's observed address at once; each SYN
-/// must get through the other's NAT and come from exactly the address the other sent its
-/// own SYN to (a TCP connection is one 4-tuple).
-fn tcp_punch(a: NatKind, b: NatKind) -> bool {
-    let Some((mut nats, obs_a, obs_b)) = observed(a, b) else {
+/// TCP punch as libp2p's DCUtR does it: both ends dial the other's advertised address, the
+/// listener's SYN opening its own NAT. It works when the dialer's SYN gets into the
+/// listener — meeting the listener's own SYN (a simultaneous open on one 4-tuple) or its
+/// listening socket, which answers through the NAT's connection tracking from the address
+/// the dialer dialed. The listener dials with its role overridden to "listener", so its SYN
+/// reaching the dialer's *listening* socket makes both ends listeners and fails: that way
+/// alone never works. A UDP-blocked host is behind a stateful firewall that lets its TCP out
+/// and the replies in (as `eim-apdf`).
+fn tcp_punch(dialer: Host, listener: Host) -> bool {
+    let tcp = |h: Host| match h.kind {
+        NatKind::UdpBlocked => Host {
+            kind: NatKind::Nat(Mapping::Eim, Filtering::Apdf),
+            ..h
+        },
+        _ => h,
+    };
+    let Some((mut nats, adv_d, adv_l)) = observed(tcp(dialer), tcp(listener)) else {
         return false;
     };
     for _ in 0..3 {
-        let (Some(sa), Some(sb)) = (nats[0].send(obs_b), nats[1].send(obs_a)) else {
+        let _ = nats[1].send(adv_d);
+        let Some(s) = nats[0].send(adv_l) else {
             return false;
         };
-        if sa == obs_a
-            && sb == obs_b
-            && nats[1].accepts(obs_b.1, sa)
-            && nats[0].accepts(obs_a.1, sb)
-        {
+        if nats[1].accepts(adv_l.1, s) {
             return true;
         }
     }
@@ -372,23 +411,25 @@ mod tests {
         assert_eq!(NatKind::parse("eim-xyz"), None);
     }
 
-    #[test]
-    fn tcp_punching_is_symmetric() {
-        for a in NatKind::all() {
-            for b in NatKind::all() {
-                assert_eq!(tcp_punch(a, b), tcp_punch(b, a), "{a} vs {b}");
-            }
-        }
+    fn table(f: impl Fn(NatKind, NatKind) -> bool) -> Vec<String> {
+        let nats: Vec<NatKind> = NatKind::all().into_iter().skip(2).collect();
+        nats.iter()
+            .map(|a| {
+                nats.iter()
+                    .map(|b| if f(*a, *b) { 'P' } else { '.' })
+                    .collect()
+            })
+            .collect()
     }
 
-    /// The full truth table of [`punch_succeeds`] for NATed pairs: rows are the dialer,
-    /// columns the listener, both in [`NatKind::all`] order without public and udp-blocked;
-    /// `P` = punched, `.` = fails. A punch needs an endpoint-independent listener, and a
-    /// port-restricted (APDF) listener additionally needs an endpoint-independent dialer.
-    /// Reasons in docs/simulations.md.
+    /// The full truth tables of the punch for NATed pairs: rows are the dialer, columns the
+    /// listener, both in [`NatKind::all`] order without public and udp-blocked; `P` =
+    /// punched, `.` = fails. Reasons in docs/simulations.md.
     #[test]
     fn truth_table_for_every_nat_pair() {
-        let expected = [
+        // QUIC needs an endpoint-independent listener, and a port-restricted (APDF) listener
+        // additionally needs an endpoint-independent dialer.
+        let quic = [
             // listener: eim-eif eim-adf eim-apdf adm-eif adm-adf adm-apdf apdm-eif apdm-adf apdm-apdf
             "PPP......", // dialer eim-eif
             "PPP......", // dialer eim-adf
@@ -400,16 +441,47 @@ mod tests {
             "PP.......", // dialer apdm-adf
             "PP.......", // dialer apdm-apdf
         ];
-        let nats: Vec<NatKind> = NatKind::all().into_iter().skip(2).collect();
-        let mut got = Vec::new();
-        for a in &nats {
-            let row: String = nats
-                .iter()
-                .map(|b| if punch_succeeds(*a, *b) { 'P' } else { '.' })
-                .collect();
-            got.push(row);
+        // TCP: the dialer's SYN must get into the listener at its advertised port; the
+        // answer comes back through connection tracking, so a listener mapping per
+        // destination works as long as it filters nothing (EIF).
+        let tcp = [
+            "PPPP..P..", // dialer eim-eif
+            "PPPP..P..", // dialer eim-adf
+            "PPPP..P..", // dialer eim-apdf
+            "PP.P..P..", // dialer adm-eif
+            "PP.P..P..", // dialer adm-adf
+            "PP.P..P..", // dialer adm-apdf
+            "PP.P..P..", // dialer apdm-eif
+            "PP.P..P..", // dialer apdm-adf
+            "PP.P..P..", // dialer apdm-apdf
+        ];
+        let got_quic = table(|a, b| punch_over(a, b, Transport::Quic));
+        assert_eq!(got_quic, quic, "{got_quic:#?}");
+        let got_tcp = table(|a, b| punch_over(a, b, Transport::Tcp));
+        assert_eq!(got_tcp, tcp, "{got_tcp:#?}");
+        // Either transport may win.
+        assert_eq!(table(punch_succeeds), tcp);
+    }
+
+    #[test]
+    fn a_nat_that_changes_the_port_cannot_be_reached() {
+        // identify advertises the listening port, which such a NAT has not mapped.
+        let moved = Host {
+            kind: k("eim-apdf"),
+            keeps_port: false,
+        };
+        for t in [Transport::Tcp, Transport::Quic] {
+            for other in NatKind::all() {
+                assert!(
+                    !punch_hosts(other.into(), moved, t),
+                    "{other} -> moved, {t}"
+                );
+            }
         }
-        assert_eq!(got, expected, "{got:#?}");
+        // Dialing out from one, its SYN comes from an unadvertised port: only a listener
+        // that filters by address (or not at all) lets it in.
+        assert!(punch_hosts(moved, k("eim-adf").into(), Transport::Tcp));
+        assert!(!punch_hosts(moved, k("eim-apdf").into(), Transport::Tcp));
     }
 
     #[test]
@@ -428,9 +500,14 @@ mod tests {
         assert!(!punch_succeeds(k("apdm-apdf"), k("apdm-apdf")));
         // Symmetric against a full cone (EIM + EIF) works.
         assert!(punch_succeeds(k("apdm-apdf"), k("eim-eif")));
-        // UDP-blocked never punches.
+        // UDP-blocked never punches over QUIC; over TCP its firewall behaves as `eim-apdf`.
         for other in NatKind::all() {
-            assert!(!punch_succeeds(NatKind::UdpBlocked, other));
+            assert!(!punch_over(NatKind::UdpBlocked, other, Transport::Quic));
+            assert_eq!(
+                punch_over(NatKind::UdpBlocked, other, Transport::Tcp),
+                punch_over(k("eim-apdf"), other, Transport::Tcp) || other == NatKind::UdpBlocked,
+                "{other}"
+            );
         }
     }
 
@@ -439,25 +516,30 @@ mod tests {
         assert_eq!(predict_path(k("public"), k("apdm-apdf")), Path::Direct);
         assert_eq!(predict_path(k("udp-blocked"), k("public")), Path::Direct);
         assert_eq!(predict_path(k("eim-eif"), k("apdm-apdf")), Path::Direct);
-        assert_eq!(predict_path(k("udp-blocked"), k("eim-apdf")), Path::Relayed);
+        assert_eq!(predict_path(k("udp-blocked"), k("eim-apdf")), Path::Punched);
         assert_eq!(predict_path(k("apdm-apdf"), k("eim-apdf")), Path::Relayed);
         assert_eq!(predict_path(k("eim-apdf"), k("eim-apdf")), Path::Punched);
     }
 
     #[test]
-    fn testbed_kinds() {
-        use TestbedNat::*;
-        let table = [
-            (Public, Public, Path::Direct),
-            (Public, PortPreserving, Path::Direct),
-            (Public, RandomPort, Path::Direct),
-            (PortPreserving, PortPreserving, Path::Punched),
-            (PortPreserving, RandomPort, Path::Relayed),
-            (RandomPort, RandomPort, Path::Relayed),
-        ];
-        for (a, b, p) in table {
-            assert_eq!(predict_testbed_path(a, b), p, "{a:?} vs {b:?}");
-            assert_eq!(predict_testbed_path(b, a), p, "{b:?} vs {a:?}");
-        }
+    fn tcp_answers_through_connection_tracking_where_quic_answers_from_a_new_mapping() {
+        let tcp = [Transport::Tcp];
+        let quic = [Transport::Quic];
+        // A symmetric dialer into an address-restricted listener: both work.
+        assert_eq!(
+            predict_path_over(k("apdm-apdf"), k("eim-adf"), &tcp),
+            Path::Punched
+        );
+        // A listener that maps per destination but filters nothing: its TCP answer goes back
+        // through the inbound connection's own mapping; its QUIC answer leaves from a new
+        // port, which the client discards.
+        assert_eq!(
+            predict_path_over(k("eim-apdf"), k("apdm-eif"), &tcp),
+            Path::Punched
+        );
+        assert_eq!(
+            predict_path_over(k("eim-apdf"), k("apdm-eif"), &quic),
+            Path::Relayed
+        );
     }
 }

@@ -406,7 +406,7 @@ fn bad_scenarios_name_the_field_and_the_line() {
     assert!(e.contains(&format!("m.toml:{line}:")), "{e}");
 
     // Unknown NAT kind.
-    let text = scenario_text("nat-census.toml").replace("\"eim-adf\" = 0.13", "\"eim-xdf\" = 0.13");
+    let text = scenario_text("nat-census.toml").replace("\"eim-adf\" = 0.12", "\"eim-xdf\" = 0.12");
     let e = Scenario::parse(&text, "x.toml")
         .expect_err("nat")
         .to_string();

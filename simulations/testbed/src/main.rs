@@ -69,7 +69,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run the real binaries in network namespaces behind kernel NAT and hold one call.
+    /// Run the real binaries in network namespaces behind kernel NAT and hold one call
+    /// (two or more homes), or with --matrix one call per pair of NAT kinds, compared with
+    /// the simulator's predictions.
     Testbed(testbed::TestbedArgs),
     /// Run a scenario (default scale-10k) and print wall time and events per second.
     Bench {

@@ -3,7 +3,7 @@
 //!
 //! All scenarios run in one test function, one after another (they are timing-sensitive
 //! and each builds its own namespaces), and every outcome is compared with the simulator's
-//! prediction (`confab_simulator::nat::predict_testbed_path`).
+//! prediction (`confab_simulator::realnat::predict`).
 
 // Tests may panic on what they did not expect.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +11,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use confab_simulator::nat::{predict_testbed_path, TestbedNat};
+use confab_simulator::nat::Transport;
+use confab_simulator::realnat::{predict, Home, Rtts};
 use serde_json::Value;
 
 fn sim() -> &'static str {
@@ -76,18 +77,45 @@ fn testbed(extra: &[&str]) -> Value {
     })
 }
 
-fn kind(s: &str) -> TestbedNat {
-    TestbedNat::parse(s).expect("known kind")
+fn home(s: &str) -> Home {
+    Home::parse(s).expect("known kind")
+}
+
+/// The model's path for `dialer` reaching `listener` over TCP (what the node punches on).
+fn predicted(dialer: &str, listener: &str) -> String {
+    let rtts = Rtts {
+        direct_ms: 0.1,
+        relay_ms: 0.2,
+    };
+    predict(home(dialer), home(listener), &[Transport::Tcp], true, rtts)
+        .path
+        .to_string()
 }
 
 /// Checks every pair: frames, correlation and path. Returns failures as text.
 fn check_pairs(r: &Value, want_path: &str, what: &str, failures: &mut Vec<String>) {
+    check_pairs_with(r, 2, 0.75, &|_, _| want_path.to_string(), what, failures);
+}
+
+/// [`check_pairs`] for `members` members, the path of each (from, to) given by `want`.
+fn check_pairs_with(
+    r: &Value,
+    members: usize,
+    min_sent_share: f64,
+    want: &dyn Fn(&str, &str) -> String,
+    what: &str,
+    failures: &mut Vec<String>,
+) {
     // The demo's share is of the frames *sent*, which only counts from admission on: also
     // require that sending covered most of the call (a late join is not a good call).
     let call_frames = r["testbed"]["seconds"].as_f64().unwrap_or(0.0) * 50.0;
     let pairs = r["pairs"].as_array().cloned().unwrap_or_default();
-    if pairs.len() != 2 {
-        failures.push(format!("{what}: {} pairs, want 2", pairs.len()));
+    if pairs.len() != members * (members - 1) {
+        failures.push(format!(
+            "{what}: {} pairs, want {}",
+            pairs.len(),
+            members * (members - 1)
+        ));
     }
     for p in &pairs {
         let sent = p["frames_sent"].as_f64().unwrap_or(0.0);
@@ -95,10 +123,14 @@ fn check_pairs(r: &Value, want_path: &str, what: &str, failures: &mut Vec<String
         let corr = p["correlation"].as_f64().unwrap_or(0.0);
         let path = p["path"].as_str().unwrap_or("");
         let dir = format!("{} -> {}", p["from"], p["to"]);
+        let want_path = want(
+            p["from"].as_str().unwrap_or(""),
+            p["to"].as_str().unwrap_or(""),
+        );
         if sent <= 0.0 || recv < 0.95 * sent {
             failures.push(format!("{what} {dir}: received {recv} of {sent} frames"));
         }
-        if sent < 0.75 * call_frames {
+        if sent < min_sent_share * call_frames {
             failures.push(format!(
                 "{what} {dir}: only {sent} of the call's {call_frames} frames were sent (late admission)"
             ));
@@ -135,8 +167,69 @@ fn check_clean(failures: &mut Vec<String>) {
     }
 }
 
+/// The testbed's calls are timing-sensitive and each builds its own namespaces: the tests
+/// take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the testbed can run here (namespaces, binaries, relay support); prints why not.
+fn can_run(test: &str) -> bool {
+    if !netns_works() {
+        eprintln!("SKIP {test}: cannot create network namespaces (needs root and iproute2)");
+        return false;
+    }
+    check_binaries();
+    if !node_has_relay() {
+        eprintln!("SKIP {test}: this confab binary has no `call --relay`");
+        return false;
+    }
+    true
+}
+
+/// Three members, each behind its own router: two port-preserving homes and one behind a
+/// random-port NAT. Every pair must be good; the two port-preserving homes end punched, and
+/// the pairs with the random-port home stay relayed — as the model predicts.
+#[test]
+fn three_homes() {
+    let _turn = serial();
+    if !can_run("three_homes") {
+        return;
+    }
+    let homes = ["eim-apdf", "port-preserving", "random-port"];
+    let r = testbed(&[
+        "--home",
+        homes[0],
+        "--home",
+        homes[1],
+        "--home",
+        homes[2],
+        "--seconds",
+        "10",
+    ]);
+    let mut failures = Vec::new();
+    let index = |label: &str| (label.as_bytes().first().copied().unwrap_or(b'a') - b'a') as usize;
+    let want = |from: &str, to: &str| {
+        let (i, j) = (index(from), index(to));
+        // The later member dials.
+        let path = predicted(homes[i.max(j)], homes[i.min(j)]);
+        let fixed = if i.max(j) == 2 { "relayed" } else { "punched" };
+        assert_eq!(path, fixed, "the model's prediction for {from}-{to}");
+        path
+    };
+    // The third member admits the second about 3 s into the call (it dials the members of the
+    // roster it is sent only after its own admission by the first), so that pair sends over
+    // about 70 % of a 10 s call.
+    check_pairs_with(&r, 3, 0.6, &want, "three homes", &mut failures);
+    check_clean(&mut failures);
+    assert!(failures.is_empty(), "three homes:\n{}", failures.join("\n"));
+}
+
 #[test]
 fn real_nat_testbed() {
+    let _turn = serial();
     if !netns_works() {
         eprintln!(
             "SKIP real_nat_testbed: cannot create network namespaces (needs root and iproute2)"
@@ -273,7 +366,7 @@ fn real_nat_testbed() {
     // The simulator's prediction equals what the real NAT did, for every pair of kinds run.
     for (a, b, path) in &outcomes {
         // B dials A (A created the room), so B is the dialer of the prediction.
-        let want = predict_testbed_path(kind(b), kind(a)).to_string();
+        let want = predicted(b, a);
         if *path != want {
             failures.push(format!(
                 "prediction for A {a} / B {b} is {want}, the testbed got {path}"
@@ -285,4 +378,85 @@ fn real_nat_testbed() {
         "testbed failures:\n{}",
         failures.join("\n")
     );
+}
+
+/// The subset of `confab-sim testbed --matrix` that CI runs: every ordered pair of a few
+/// kinds whose outcome was the same in every run (address-dependent filtering, a symmetric
+/// NAT and the double NAT, with hairpinning on and off), each call good and on the path the model predicts. The whole matrix is
+/// `confab-sim testbed --matrix` (docs/simulations.md).
+#[test]
+fn matrix_subset() {
+    let _turn = serial();
+    if !can_run("matrix_subset") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let kinds = ["eim-adf", "apdm-apdf", "eim-apdf@cgnat"];
+    let run = Command::new(sim())
+        .args(["testbed", "--matrix", "--seconds", "5", "--kinds"])
+        .arg(kinds.join(","))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run confab-sim testbed --matrix");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        run.status.success(),
+        "the matrix did not run: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let csv = std::fs::read_to_string(out.path().join("matrix.csv")).expect("matrix.csv");
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .map(|f| f.trim_matches('"').to_string())
+                .collect()
+        })
+        .collect();
+    // 3 x 3 ordered pairs, and the carrier neighbours once more without hairpinning.
+    assert_eq!(rows.len(), 10, "{csv}");
+    let mut failures = Vec::new();
+    for r in &rows {
+        let (a, b, predicted, got, ok) = (&r[0], &r[1], &r[4], &r[7], &r[11]);
+        // The model's prediction here is the test's own, not the report's.
+        let want = predicted_with_hairpin(b, a, r[2] != "off");
+        if *predicted != want {
+            failures.push(format!(
+                "a {a} / b {b}: the CSV predicts {predicted}, the model {want}"
+            ));
+        }
+        if got != &want {
+            failures.push(format!(
+                "a {a} / b {b}: the testbed got {got}, the model predicts {want}"
+            ));
+        }
+        if ok != "true" {
+            failures.push(format!("a {a} / b {b}: the call was not good"));
+        }
+    }
+    check_clean(&mut failures);
+    assert!(
+        failures.is_empty(),
+        "matrix subset:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn predicted_with_hairpin(dialer: &str, listener: &str, hairpin: bool) -> String {
+    let rtts = Rtts {
+        direct_ms: 0.1,
+        relay_ms: 0.2,
+    };
+    predict(
+        home(dialer),
+        home(listener),
+        &[Transport::Tcp],
+        hairpin,
+        rtts,
+    )
+    .path
+    .to_string()
 }

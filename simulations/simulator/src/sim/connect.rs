@@ -1,6 +1,7 @@
 //! Transport connections: dialing, relay circuits, DCUtR-style hole punching, closing.
 
 use crate::nat::{NatKind, Path};
+use crate::timing::Setup;
 
 use super::events::Ev;
 use super::state::Conn;
@@ -56,6 +57,12 @@ impl Sim {
         self.at(self.now + setup_us, Ev::ConnUp { key: k, gen });
     }
 
+    fn setup(&self) -> Setup {
+        Setup {
+            setup_rtts: self.sc.network.setup_rtts,
+        }
+    }
+
     /// Both ends' access latencies plus the core's, as a direct round trip.
     fn rtt_direct(&self, c: &Conn, b: usize) -> u64 {
         let edge = self.nodes[c.dialer].access_us + self.nodes[b].access_us;
@@ -67,9 +74,8 @@ impl Sim {
         let (na, nb) = (self.nodes[conn.dialer].nat, self.nodes[b].nat);
         let rtt_direct = self.rtt_direct(conn, b);
         // Straight to the reachable side; if that is the dialer, the listener is asked
-        // over its relay to dial back (one relayed round trip more).
-        let setup_us = (rtt_direct as f64 * self.sc.network.setup_rtts) as u64
-            + if nb.reachable() { 0 } else { rtt_direct };
+        // over its relay to dial back.
+        let setup_us = self.setup().direct_us(rtt_direct, nb.reachable());
         conn.resolved = true;
         self.resolve(na, nb, Some(Path::Direct));
         setup_us
@@ -96,13 +102,10 @@ impl Sim {
         conn.path = Path::Relayed;
         let edge = self.nodes[conn.dialer].access_us + self.nodes[b].access_us;
         let rtt_relay = 2 * (edge + conn.relay_extra_us);
-        let setup_rtts = self.sc.network.setup_rtts;
-        // Connect to the relay, then the circuit through it.
-        let setup_us = (rtt_relay as f64 * setup_rtts) as u64 + rtt_relay / 2;
-        // DCUtR: Connect exchange over the circuit (measures the RTT), Sync, then dial
-        // after RTT/2 and the direct handshake.
+        // Connect to the relay, then the circuit through it; then DCUtR.
+        let setup_us = self.setup().relayed_us(rtt_relay);
         let rtt_direct = self.rtt_direct(conn, b);
-        let first = setup_us + rtt_relay + rtt_relay / 2 + (rtt_direct as f64 * setup_rtts) as u64;
+        let first = self.setup().first_punch_us(rtt_relay, rtt_direct);
         self.at(
             self.now + first,
             Ev::Punch {
@@ -191,7 +194,7 @@ impl Sim {
             };
             let rtt_relay = 2 * (edge + c.relay_extra_us);
             let rtt_direct = 2 * (edge + c.core_us);
-            let next = rtt_relay + rtt_relay / 2 + rtt_direct;
+            let next = self.setup().retry_us(rtt_relay, rtt_direct);
             self.at(
                 self.now + next,
                 Ev::Punch {

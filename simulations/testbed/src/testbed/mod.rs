@@ -6,7 +6,9 @@
 //! fields. The topology is in [`topology`]; the steps of a run in [`run`].
 //!
 //! * [`args`] — the flags. [`report`] — the report's types. [`run`] — one call.
-//! * [`topology`] — namespaces, veths, the NAT routers' nftables rulesets.
+//! * [`topology`] — namespaces and veths; [`rules`] — the NAT routers' nftables rulesets.
+//! * [`predict`] — the simulator's prediction for each pair; [`matrix`] — every pair of
+//!   kinds against the prediction.
 //! * [`netns`] — `ip netns` and cleanup; [`proc`] — processes in namespaces;
 //!   [`bins`] — the binaries and what they support.
 //! * [`score`] — the demo's scoring plus gap analysis, and the table.
@@ -16,10 +18,13 @@
 pub mod args;
 pub mod bins;
 pub mod blind;
+pub mod matrix;
 pub mod netns;
 mod node;
+pub mod predict;
 pub mod proc;
 pub mod report;
+pub mod rules;
 pub mod run;
 pub mod score;
 pub mod topology;
@@ -30,6 +35,9 @@ pub use args::TestbedArgs;
 
 /// `confab-sim testbed`: runs, prints, and fails (exit 1) unless every pair worked.
 pub fn main(args: &TestbedArgs) -> Result<()> {
+    if args.matrix {
+        return matrix::main(args);
+    }
     let out = run::run(args)?;
     if args.json {
         println!("{}", serde_json::to_string(&out.report)?);

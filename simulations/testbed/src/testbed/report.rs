@@ -10,8 +10,17 @@ use super::node::{NodeUsage, Pair};
 pub struct TestbedPair {
     #[serde(flatten)]
     pub pair: Pair,
-    /// What `confab_simulator::nat::predict_testbed_path` says the path should be.
+    /// What the simulator's model says (`confab_simulator::realnat::predict`, the later
+    /// member dialing, over the transports the node punches on): the path, and the set-up
+    /// times from the dial to the open connection and to the punched one.
     pub predicted_path: String,
+    pub predicted_open_ms: f64,
+    pub predicted_punched_ms: Option<f64>,
+    /// Measured: from the later of the two members' start to the receiver's admission of the
+    /// sender, and to its moving to the punched connection (the admission, if it was
+    /// punched by then).
+    pub setup_ms: Option<f64>,
+    pub punched_ms: Option<f64>,
     /// Longest stretch between two frames heard correctly while the sender was talking
     /// (includes the signal's own pauses, up to about 0.5 s).
     pub longest_gap_ms: Option<f64>,
@@ -24,8 +33,12 @@ pub struct TestbedPair {
 /// Facts about the run itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestbedInfo {
-    pub nat_a: String,
-    pub nat_b: String,
+    /// Each member's home, in order (a, b, c, ...).
+    pub homes: Vec<String>,
+    /// Whether the carrier-grade NAT hairpins.
+    pub hairpin: bool,
+    /// The transports the prediction assumes the node punches over.
+    pub transports: Vec<String>,
     pub seconds: f64,
     pub relay_peer_id: String,
     /// Whether the node binary takes `--relay` (the NAT cases need it).

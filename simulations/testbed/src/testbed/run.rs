@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use confab_protocol::RoomId;
-use confab_simulator::nat::{predict_testbed_path, TestbedNat};
+use confab_simulator::nat::NatKind;
+use confab_simulator::realnat::Home;
 
-use super::args::{kind_name, TestbedArgs};
+use super::args::TestbedArgs;
 use super::bins::{find_bins, os, which, Bins, Features};
 use super::blind;
 use super::netns::{self, Net};
 use super::node::{now_ms, test_signal, CallReport, SIGNAL_SECS};
+use super::predict;
 use super::proc::Proc;
 use super::report::{RelayRestart, TestbedInfo, TestbedReport};
 use super::score::analyse;
@@ -43,7 +45,7 @@ struct Bed<'a> {
     net: Net,
     wd: PathBuf,
     relay_ns: String,
-    eps: [Endpoint; 2],
+    eps: Vec<Endpoint>,
 }
 
 /// The relay of the run and how to reach it.
@@ -59,7 +61,7 @@ impl RelayProc {
     }
 }
 
-/// The two calls, and where each wrote the Opus packets it sent (when the node can).
+/// The calls, and where each wrote the Opus packets it sent (when the node can).
 struct Calls {
     procs: Vec<Proc>,
     dumps: Vec<Option<PathBuf>>,
@@ -69,11 +71,12 @@ struct Calls {
 /// Runs one testbed call.
 pub fn run(args: &TestbedArgs) -> Result<Outcome> {
     args.check()?;
+    let homes = args.homes()?;
     let t_start = Instant::now();
     let bins = find_bins()?;
     netns::check_available()?;
     let features = bins.features();
-    check_features(args, features)?;
+    check_features(&homes, features)?;
     let tcpdump = tcpdump_if_asked(args)?;
 
     let work = tempfile::Builder::new()
@@ -81,7 +84,7 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
         .tempdir()
         .context("creating a working directory")?;
     let net = Net::new()?;
-    let (relay_ns, ea, eb) = build(&net, args.nat_a, args.nat_b)?;
+    let (relay_ns, eps) = build(&net, &homes, args.hairpin)?;
     let bed = Bed {
         args,
         bins,
@@ -89,7 +92,7 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
         net,
         wd: work.path().to_path_buf(),
         relay_ns,
-        eps: [ea, eb],
+        eps,
     };
 
     let mut relay = bed.start_relay(bed.wd.join("relay"), "relay.log")?;
@@ -120,7 +123,7 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
     bed.net.untrack(relay.proc.pid);
 
     let names: Vec<String> = bed.eps.iter().map(|e| e.label.to_string()).collect();
-    let predicted = predict_testbed_path(args.nat_b, args.nat_a).to_string();
+    let predicted = |si: usize, ri: usize| predict::pair(&homes, si, ri, args.hairpin);
     let (pairs, nodes, mut ok) = analyse(&names, &reports, &predicted, killed_ms);
     let relay_capture = match capture {
         Some(_) => {
@@ -135,13 +138,14 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
     let wd = bed.wd.clone();
     drop(bed);
     let report = TestbedReport {
-        participants: 2,
+        participants: homes.len(),
         pairs,
         ok,
         nodes,
         testbed: TestbedInfo {
-            nat_a: kind_name(args.nat_a).into(),
-            nat_b: kind_name(args.nat_b).into(),
+            homes: homes.iter().map(Home::to_string).collect(),
+            hairpin: args.hairpin,
+            transports: predict::TRANSPORTS.iter().map(|t| t.to_string()).collect(),
             seconds: args.seconds,
             relay_peer_id: relay.peer,
             node_has_relay: features.call_relay,
@@ -166,14 +170,12 @@ pub fn run(args: &TestbedArgs) -> Result<Outcome> {
 }
 
 /// Endpoints behind NAT can only be reached through a relay.
-fn check_features(args: &TestbedArgs, features: Features) -> Result<()> {
-    let natted = [args.nat_a, args.nat_b]
-        .iter()
-        .any(|k| *k != TestbedNat::Public);
+fn check_features(homes: &[Home], features: Features) -> Result<()> {
+    let natted = homes.iter().any(|h| h.kind != NatKind::Public);
     if natted && !features.call_relay {
         bail!(
             "this confab binary has no `call --relay`; endpoints behind NAT cannot be reached \
-             (only --nat-a public --nat-b public works until the node has relay support)"
+             (only public homes work until the node has relay support)"
         );
     }
     Ok(())
@@ -197,7 +199,7 @@ fn check_capture(
     room_id: &[u8],
     pcap: &Path,
 ) -> Result<blind::Findings> {
-    // B's audio crosses the relay toward A (and A's toward B); check both senders.
+    // Every sender's audio crosses the relay; check them all.
     let mut needles = blind::Needles::default();
     for i in 0..senders {
         needles.add_pcm(&test_signal(i, SIGNAL_SECS));
@@ -280,7 +282,7 @@ impl Bed<'_> {
         let mut dirs = Vec::new();
         for e in &self.eps {
             let d = self.wd.join(format!("node-{}", e.label));
-            self.bins.confab(&d, &["init", "--name", e.label])?;
+            self.bins.confab(&d, &["init", "--name", &e.label])?;
             dirs.push(d);
         }
         Ok(dirs)
@@ -294,7 +296,7 @@ impl Bed<'_> {
         for l in LISTEN {
             create.extend(["--listen".into(), l.into()]);
         }
-        if ea.kind == TestbedNat::Public {
+        if ea.home.kind == NatKind::Public {
             for l in [
                 format!("/ip4/{}/tcp/{PORT}", ea.public_ip),
                 format!("/ip4/{}/udp/{PORT}/quic-v1", ea.public_ip),
@@ -304,7 +306,7 @@ impl Bed<'_> {
         }
         if self.features.room_relay {
             create.extend(["--relay".into(), relay_addr.to_string()]);
-        } else if ea.kind != TestbedNat::Public {
+        } else if ea.home.kind != NatKind::Public {
             create.extend(["--announce".into(), format!("{relay_addr}/p2p-circuit")]);
         }
         let create_ref: Vec<&str> = create.iter().map(String::as_str).collect();
@@ -320,7 +322,7 @@ impl Bed<'_> {
         Ok((ticket, room_id))
     }
 
-    /// Starts `confab call` on both endpoints.
+    /// Starts `confab call` on every endpoint.
     fn start_calls(&self, dirs: &[PathBuf], ticket: &str, relay_addr: &str) -> Result<Calls> {
         let mut procs = Vec::new();
         let mut dumps = Vec::new();
@@ -388,7 +390,7 @@ impl Bed<'_> {
         Ok((restart, killed_ms))
     }
 
-    /// Waits for both calls to end (at most `--seconds` plus slack) and parses their
+    /// Waits for every call to end (at most `--seconds` plus slack) and parses their
     /// reports (`None` for a call that printed none); keeps each report in the workdir.
     fn collect_reports(&self, calls: &mut Calls) -> Vec<Option<CallReport>> {
         let deadline = calls.started + Duration::from_secs_f64(self.args.seconds) + CALL_SLACK;
@@ -414,11 +416,8 @@ impl Bed<'_> {
 
     /// The run's namespaces that exist now.
     fn namespaces(&self) -> Vec<String> {
-        let existing = self.net.existing();
-        ["inet", "relay", "a", "ra", "b", "rb"]
-            .iter()
-            .map(|r| self.net.ns(r))
-            .filter(|n| existing.contains(n))
-            .collect()
+        let mut existing = self.net.existing();
+        existing.sort();
+        existing
     }
 }

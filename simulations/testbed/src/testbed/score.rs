@@ -2,34 +2,63 @@
 //! gap analysis, and printing the result.
 
 use super::node::{fmt_ms, score, verdict, CallReport, NodeUsage, FRAME_SAMPLES};
+use confab_simulator::realnat::Prediction;
+
 use super::report::{TestbedPair, TestbedReport};
 
 /// Scores every (sender, receiver) pair as `confab demo` does (the same code), plus the gap
-/// analysis and the predicted path.
+/// analysis, the measured set-up times and the model's prediction for the pair.
 pub fn analyse(
     names: &[String],
     reports: &[Option<CallReport>],
-    predicted: &str,
+    predicted: &dyn Fn(usize, usize) -> Prediction,
     killed_ms: Option<u64>,
 ) -> (Vec<TestbedPair>, Vec<NodeUsage>, bool) {
     let (scored, nodes, ok) = score(names, reports, |si, ri, heard| {
         let gap = heard.and_then(|h| longest_gap_ms(&h.sent, &h.heard, h.lag));
-        let resumed = match (killed_ms, &reports[ri], &reports[si]) {
-            (Some(k), Some(r), Some(s)) => resumed_ms(r, &s.peer_id, k, gap),
-            _ => None,
+        let (resumed, setup) = match (&reports[ri], &reports[si]) {
+            (Some(r), Some(s)) => (
+                killed_ms.and_then(|k| resumed_ms(r, &s.peer_id, k, gap)),
+                setup_times(r, s),
+            ),
+            _ => (None, (None, None)),
         };
-        (gap, resumed)
+        (gap, resumed, setup, predicted(si, ri))
     });
     let pairs = scored
         .into_iter()
-        .map(|(pair, (gap, resumed))| TestbedPair {
-            pair,
-            predicted_path: predicted.to_string(),
-            longest_gap_ms: gap,
-            resumed_within_ms: resumed,
+        .map(|(pair, (gap, resumed, (setup, punched), p))| {
+            // Punched before the admission: the member was admitted on the direct path.
+            let punched = punched.or(if pair.path == "punched" { setup } else { None });
+            TestbedPair {
+                pair,
+                predicted_path: p.path.to_string(),
+                predicted_open_ms: p.open_ms,
+                predicted_punched_ms: p.punched_ms,
+                setup_ms: setup,
+                punched_ms: punched,
+                longest_gap_ms: gap,
+                resumed_within_ms: resumed,
+            }
         })
         .collect();
     (pairs, nodes, ok)
+}
+
+/// From the later of the two members' start (`Joined`) to `receiver` admitting `sender`, and
+/// to its first move of `sender` to a punched connection, ms.
+fn setup_times(receiver: &CallReport, sender: &CallReport) -> (Option<f64>, Option<f64>) {
+    let base = receiver.started_ms.max(sender.started_ms);
+    let at = |kind: &str, detail: Option<&str>| {
+        receiver
+            .roster
+            .iter()
+            .find(|e| {
+                e.peer == sender.peer_id && e.kind == kind && detail.is_none_or(|d| e.detail == d)
+            })
+            .map(|e| e.at_ms.saturating_sub(base) as f64)
+    };
+    (at("admitted", None), at("path", Some("punched")))
 }
 
 /// How long after the relay was stopped (`killed_ms`, Unix ms) `receiver` had `sender` back:
@@ -86,12 +115,22 @@ pub fn longest_gap_ms(sent: &[i16], heard: &[i16], lag: usize) -> Option<f64> {
 
 /// Prints the demo's table plus the testbed's lines.
 pub fn print_table(r: &TestbedReport) {
+    let homes: Vec<String> = r
+        .testbed
+        .homes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{} {h}", super::topology::label(i)))
+        .collect();
     println!(
-        "testbed: A {} / B {}, {} s call, relay {}",
-        r.testbed.nat_a, r.testbed.nat_b, r.testbed.seconds, r.testbed.relay_peer_id
+        "testbed: {}, hairpin {}, {} s call, relay {}",
+        homes.join(" / "),
+        if r.testbed.hairpin { "on" } else { "off" },
+        r.testbed.seconds,
+        r.testbed.relay_peer_id
     );
     println!(
-        "{:<4} {:<4} {:<8} {:<9} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>5} {:>6} {:>8}",
+        "{:<4} {:<4} {:<8} {:<9} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>5} {:>6} {:>8} {:>8} {:>8}",
         "from",
         "to",
         "path",
@@ -104,7 +143,9 @@ pub fn print_table(r: &TestbedReport) {
         "m2e p95",
         "MOS",
         "corr",
-        "max gap"
+        "max gap",
+        "setup",
+        "punched"
     );
     for tp in &r.pairs {
         print_pair(tp);
@@ -141,7 +182,7 @@ pub fn print_table(r: &TestbedReport) {
 fn print_pair(tp: &TestbedPair) {
     let p = &tp.pair;
     println!(
-        "{:<4} {:<4} {:<8} {:<9} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>5.2} {:>6.3} {:>8}  {}",
+        "{:<4} {:<4} {:<8} {:<9} {:>6} {:>8} {:>5} {:>9} {:>8} {:>8} {:>5.2} {:>6.3} {:>8} {:>8} {:>8}  {}",
         p.from,
         p.to,
         p.path,
@@ -155,6 +196,8 @@ fn print_pair(tp: &TestbedPair) {
         p.mos,
         p.correlation,
         fmt_ms(tp.longest_gap_ms),
+        fmt_ms(tp.setup_ms),
+        fmt_ms(tp.punched_ms),
         verdict(p)
     );
 }
